@@ -1,0 +1,38 @@
+# make demo: install into .venv and run the main job.  make test: install and run every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit docker-engine clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import toolservers, torch, faiss, sentence_transformers, mcp, fastapi"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/toolgym demo tools --workdir .demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy toolservers envs rollout trainer benchmarks
+
+unit: install
+	$(BIN)/pytest -q
+
+# Docker tests need an engine; this installs and starts one where possible (root, apt).
+docker-engine:
+	-bash docker/ensure-engine.sh
+
+test: install lint typecheck docker-engine unit
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

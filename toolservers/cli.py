@@ -1,0 +1,141 @@
+"""`toolgym corpus|index|serve` subcommands. Thin: parse, call one function, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from toolservers.errors import ToolServerError
+
+DEFAULT_READ_BUDGET = 8000
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    corpus = sub.add_parser("corpus", help="make a corpus").add_subparsers(
+        dest="action", required=True
+    )
+    synth = corpus.add_parser("synth", help="write the synthetic filings corpus")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_corpus_synth)
+
+    index = sub.add_parser("index", help="search index").add_subparsers(
+        dest="action", required=True
+    )
+    build = index.add_parser("build", help="chunk, embed and index a corpus")
+    build.add_argument("--corpus", type=Path, required=True)
+    build.add_argument("--index", type=Path, default=None, help="default: CORPUS/index")
+    build.add_argument(
+        "--embedding-model", default=None, help="hub name or local sentence-transformers directory"
+    )
+    build.add_argument("--search", choices=["dense", "lexical", "hybrid"], default="dense")
+    build.add_argument("--faiss-index", choices=["auto", "flat", "hnsw"], default="auto")
+    build.set_defaults(func=cmd_index_build)
+    local = index.add_parser("local-model", help="make an offline embedding model from a corpus")
+    local.add_argument("--corpus", type=Path, required=True)
+    local.add_argument("--out", type=Path, required=True)
+    local.add_argument("--dimension", type=int, default=256)
+    local.set_defaults(func=cmd_index_local_model)
+
+    serve = sub.add_parser("serve", help="serve search/list/read over HTTP or MCP")
+    serve.add_argument("--corpus", type=Path, required=True)
+    serve.add_argument("--index", type=Path, default=None)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--transport", choices=["http", "mcp", "stdio"], default="http")
+    serve.add_argument("--embedding-model", default=None, help="must match the index")
+    serve.add_argument(
+        "--read-budget", type=int, default=DEFAULT_READ_BUDGET, help="characters per read() result"
+    )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="run without TOOL_BEARER, bound to 127.0.0.1 only",
+    )
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="demonstrations").add_subparsers(
+        dest="action", required=True
+    )
+    tools = demo.add_parser("tools", help="corpus + index + both tool servers, offline")
+    tools.add_argument("--workdir", type=Path, default=Path(".demo"))
+    tools.add_argument("--http-port", type=int, default=8080)
+    tools.add_argument("--mcp-port", type=int, default=8081)
+    tools.add_argument("--check", action="store_true", help="stop after a self-check")
+    tools.set_defaults(func=cmd_demo_tools)
+
+
+def cmd_corpus_synth(args: argparse.Namespace) -> int:
+    from toolservers.synth import synthesize_corpus
+
+    summary = synthesize_corpus(args.out, seed=args.seed)
+    print(f"wrote {args.out}: {summary}")
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from toolservers.index import SearchMode, build_index
+
+    manifest = build_index(
+        args.corpus,
+        search=SearchMode(args.search),
+        embedding_model=args.embedding_model,
+        index_dir=args.index,
+        faiss_index=args.faiss_index,
+    )
+    where = args.index or args.corpus / "index"
+    print(
+        f"indexed {manifest.documents} documents as {manifest.chunks} chunks into {where} "
+        f"(search={manifest.search}, model={manifest.embedding_model}, "
+        f"faiss={manifest.faiss_index})"
+    )
+    return 0
+
+
+def cmd_index_local_model(args: argparse.Namespace) -> int:
+    from toolservers.local_model import build_static_model
+
+    build_static_model(args.corpus, args.out, dimension=args.dimension)
+    print(f"wrote a static embedding model for {args.corpus} to {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from toolservers.serve import Listener, Transport, resolve_tokens, serve
+    from toolservers.service import open_toolbox
+    from toolservers.tools import ToolLimits
+
+    if args.read_budget < 200:
+        raise ToolServerError("--read-budget must be at least 200 characters")
+    transport = Transport(args.transport)
+    tokens, host = resolve_tokens(args.insecure_no_auth or transport is Transport.STDIO, args.host)
+    toolbox = open_toolbox(
+        args.corpus,
+        index_dir=args.index,
+        embedding_model=args.embedding_model,
+        limits=ToolLimits(read_budget=args.read_budget),
+    )
+    serve(toolbox, Listener(transport, host, args.port), tokens, access_log=args.access_log)
+    return 0
+
+
+def cmd_demo_tools(args: argparse.Namespace) -> int:
+    from toolservers.demo import run_tools_demo
+
+    run_tools_demo(args.workdir, args.http_port, args.mcp_port, check_only=args.check)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; known failures print one line, not a traceback."""
+    from toolservers.serve import StartupRefusedError
+
+    try:
+        return int(args.func(args))
+    except (ToolServerError, StartupRefusedError, FileNotFoundError) as exc:
+        print(f"toolgym: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,99 @@
+"""Ranked retrieval over a loaded index: dense (FAISS), lexical (BM25) or hybrid (RRF)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolservers.chunking import Chunk
+from toolservers.embedding import QueryEncoder
+from toolservers.index import LoadedIndex, SearchMode
+
+# Reciprocal-rank-fusion constant; 60 is the customary value and is insensitive in practice.
+RRF_K = 60
+# Chunks fetched per wanted document: several chunks of one filing often rank together.
+OVERFETCH = 4
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk: Chunk
+    score: float
+
+
+class Searcher:
+    def __init__(self, index: LoadedIndex, encoder: QueryEncoder | None) -> None:
+        self.index = index
+        self.mode = index.manifest.search
+        if self.mode.uses_dense and encoder is None:
+            raise ValueError(f"{self.mode} search needs a query encoder")
+        self.encoder = encoder
+
+    async def search(self, query: str, top_k: int) -> list[Hit]:
+        """Best chunk of each of the `top_k` best documents, best first."""
+        n_chunks = len(self.index.chunks)
+        fetch = min(n_chunks, top_k * OVERFETCH)
+        if fetch == 0:
+            return []
+        if self.mode is SearchMode.DENSE:
+            ranked = await self._dense(query, fetch)
+        elif self.mode is SearchMode.LEXICAL:
+            ranked = self._lexical(query, fetch)
+        else:
+            ranked = _fuse([await self._dense(query, fetch), self._lexical(query, fetch)])
+        return self._best_per_document(ranked, top_k)
+
+    async def _dense(self, query: str, k: int) -> list[tuple[int, float]]:
+        assert self.encoder is not None
+        vector = await self.encoder.encode(query)  # (dim,)
+        assert self.index.dense is not None
+        scores, ids = self.index.dense.search(vector[None, :], k)  # (1, k) each
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+
+    def _lexical(self, query: str, k: int) -> list[tuple[int, float]]:
+        from toolservers.index import lexical_tokens
+
+        tokenized = lexical_tokens([query])
+        retriever = self.index.lexical
+        vocab: dict[str, int] = retriever.vocab_dict  # type: ignore[attr-defined]
+        words = [w for w in tokenized.vocab if w in vocab]  # type: ignore[attr-defined]
+        if not words:
+            return []
+        scores = retriever.get_scores(words)  # type: ignore[attr-defined]  # (n_chunks,)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
+
+    def _best_per_document(self, ranked: list[tuple[int, float]], top_k: int) -> list[Hit]:
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for chunk_id, score in ranked:
+            chunk = self.index.chunks[chunk_id]
+            if chunk.path not in seen:
+                seen.add(chunk.path)
+                hits.append(Hit(chunk=chunk, score=score))
+                if len(hits) == top_k:
+                    break
+        return hits
+
+
+def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: a chunk's score is the sum of 1/(RRF_K + rank) over rankings."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (chunk_id, _) in enumerate(ranking):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def snippet(chunk: Chunk, query: str, width: int = 240) -> str:
+    """A one-line excerpt of the chunk, centred on the first query word it contains."""
+    flat = " ".join(chunk.text.split())
+    lowered = flat.lower()
+    positions = [lowered.find(w.lower()) for w in _WORD.findall(query) if len(w) > 2]
+    found = [p for p in positions if p >= 0]
+    start = max(0, min(found) - width // 4) if found else 0
+    excerpt = flat[start : start + width]
+    return ("..." if start > 0 else "") + excerpt + ("..." if start + width < len(flat) else "")

@@ -1,0 +1,93 @@
+"""Run the tool servers: HTTP (FastAPI), MCP over streamable HTTP, or MCP over stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from toolservers.auth import TOKEN_ENV, TokenSet, tokens_from_env
+from toolservers.http_app import create_http_app
+from toolservers.mcp_app import create_mcp_app, create_mcp_server
+from toolservers.tools import Toolbox
+
+LOOPBACK = "127.0.0.1"
+
+
+class Transport(StrEnum):
+    HTTP = "http"
+    MCP = "mcp"
+    STDIO = "stdio"
+
+
+class StartupRefusedError(RuntimeError):
+    """The server must not start as asked (no token, insecure mode on a public address)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    transport: Transport
+    host: str
+    port: int
+
+
+def resolve_tokens(insecure: bool, host: str) -> tuple[TokenSet, str]:
+    """Tokens from TOOL_BEARER, or the insecure loopback-only mode; returns the host to bind."""
+    tokens = tokens_from_env()
+    if tokens:
+        return TokenSet(tokens), host
+    if not insecure:
+        raise StartupRefusedError(
+            f"no token configured: set {TOKEN_ENV}=<token>[,<token>...] "
+            "(or pass --insecure-no-auth to run unauthenticated on 127.0.0.1 only)"
+        )
+    if host != LOOPBACK:
+        print(
+            f"--insecure-no-auth: ignoring --host {host}, binding {LOOPBACK} only", file=sys.stderr
+        )
+    banner = "!" * 72
+    print(
+        f"{banner}\nINSECURE: no {TOKEN_ENV} set; anyone on this machine can call the tools.\n"
+        f"Listening on {LOOPBACK} only. Do not use this mode in production.\n{banner}",
+        file=sys.stderr,
+    )
+    return TokenSet(()), LOOPBACK
+
+
+def build_app(toolbox: Toolbox, transport: Transport, tokens: TokenSet, host: str) -> ASGIApp:
+    if transport is Transport.HTTP:
+        return create_http_app(toolbox, tokens)
+    return create_mcp_app(toolbox, tokens, host=host)
+
+
+def uvicorn_server(app: ASGIApp, listener: Listener, access_log: bool = False) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=listener.host,
+        port=listener.port,
+        log_level="warning",
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(toolbox: Toolbox, listener: Listener, tokens: TokenSet, access_log: bool = False) -> None:
+    if listener.transport is Transport.STDIO:
+        # A pipe to a local parent process: nothing to authenticate.
+        create_mcp_server(toolbox).run("stdio")
+        return
+    app = build_app(toolbox, listener.transport, tokens, listener.host)
+    path = "/mcp" if listener.transport is Transport.MCP else ""
+    print(
+        f"toolgym {listener.transport} server on http://{listener.host}:{listener.port}{path} "
+        f"({len(toolbox.corpus)} documents, search={toolbox.searcher.mode}, "
+        f"auth={'bearer' if tokens.enabled else 'OFF'})",
+        flush=True,
+    )
+    asyncio.run(uvicorn_server(app, listener, access_log).serve())
