@@ -61,11 +61,15 @@ def _split_long(offset: int, para: str, max_chars: int) -> list[tuple[int, str]]
     return pieces
 
 
-def document_title(text: str) -> str:
+def document_title(text: str, lines: int = 2, max_chars: int = 200) -> str:
+    """The document's first lines (in a filing: the company, then the form and period)."""
+    found: list[str] = []
     for line in text.splitlines():
         if line.strip():
-            return line.strip().lstrip("#").strip()
-    return ""
+            found.append(line.strip().lstrip("#").strip())
+            if len(found) == lines:
+                break
+    return " - ".join(found)[:max_chars]
 
 
 def chunk_document(path: str, text: str, config: ChunkingConfig) -> list[Chunk]:

@@ -59,6 +59,7 @@ def build_static_model(
         doc_freq[np.unique(np.asarray(encoding.ids, dtype=np.int64))] += 1
     idf = np.log((1 + len(passages)) / (1 + doc_freq)) + 1.0  # (vocab,), smooth IDF
     idf[: len(SPECIAL_TOKENS)] = 0.0
+    idf[_uninformative_ids(tokenizer)] = 0.0
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((vocab, dimension))  # (vocab, dim)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
@@ -68,6 +69,22 @@ def build_static_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(out_dir))
     return out_dir
+
+
+def _uninformative_ids(tokenizer: object) -> list[int]:
+    """Punctuation and amounts: rare, so high IDF, but they say nothing about the topic.
+
+    Figures in tables would otherwise dominate a chunk's mean vector. Years and words that
+    carry digits (q3, 10-k) keep their weight: questions name periods.
+    """
+    vocab: dict[str, int] = tokenizer.get_vocab()  # type: ignore[attr-defined]
+    drop = []
+    for token, token_id in vocab.items():
+        bare = token.removeprefix("##")
+        is_year = len(bare) == 4 and bare.isdigit() and bare.startswith(("19", "20"))
+        if not any(ch.isalpha() for ch in bare) and not is_year:
+            drop.append(token_id)
+    return drop
 
 
 def build_transformer_model(

@@ -1,0 +1,164 @@
+"""Index build and search: the right document comes back, and bad indexes are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from toolservers.corpus import Corpus
+from toolservers.embedding import Embedder, QueryEncoder
+from toolservers.errors import IndexUnusableError, StaleIndexError
+from toolservers.index import SearchMode, build_index, load_index, read_manifest
+from toolservers.search import Searcher
+from toolservers.synth import Fact, load_facts
+
+METRIC_WORDS = {
+    "revenue": "revenue",
+    "operating_margin": "operating margin",
+    "net_income": "net income",
+    "gross_profit": "gross profit",
+    "eps_diluted": "diluted earnings per share",
+    "total_assets": "total assets",
+}
+
+
+def question(fact: Fact) -> str:
+    """How a user would ask for the fact: company, period, metric."""
+    if fact.form == "10-K":
+        period = f"fiscal year {fact.fiscal_year} annual report"
+    else:
+        quarter = fact.period.split("-")[1]
+        period = f"{quarter} {fact.fiscal_year} quarterly report"
+    return f"{fact.company} {period} {METRIC_WORDS[fact.metric]}"
+
+
+def sample_facts(corpus_dir: Path, n: int, seed: int = 1) -> list[Fact]:
+    facts = [f for f in load_facts(corpus_dir / "facts.jsonl") if f.metric in METRIC_WORDS]
+    return random.Random(seed).sample(facts, n)
+
+
+def recall_at(searcher: Searcher, facts: list[Fact], k: int) -> float:
+    async def run() -> float:
+        found = 0
+        for fact in facts:
+            hits = await searcher.search(question(fact), k)
+            found += fact.path in [h.chunk.path for h in hits]
+        return found / len(facts)
+
+    return asyncio.run(run())
+
+
+def searcher_for(corpus_dir: Path, embedding_model: Path | None, index_dir: Path) -> Searcher:
+    corpus = Corpus(corpus_dir)
+    index = load_index(corpus, index_dir=index_dir)
+    encoder = QueryEncoder(Embedder(str(embedding_model))) if embedding_model else None
+    return Searcher(index, encoder)
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+def test_search_finds_the_document_that_states_the_fact(
+    mode: str, corpus_dir: Path, embedding_model: Path, hybrid_index: Path, tmp_path: Path
+) -> None:
+    if mode == "hybrid":
+        index_dir = hybrid_index
+    else:
+        index_dir = tmp_path / mode
+        build_index(
+            corpus_dir,
+            search=SearchMode(mode),
+            embedding_model=str(embedding_model),
+            index_dir=index_dir,
+            progress=False,
+        )
+    model = None if mode == "lexical" else embedding_model
+    recall = recall_at(searcher_for(corpus_dir, model, index_dir), sample_facts(corpus_dir, 60), 5)
+    print(f"{mode}: recall@5 = {recall:.2f}")
+    assert recall >= 0.8
+
+
+def test_manifest_records_what_was_built(corpus_dir: Path, hybrid_index: Path) -> None:
+    manifest = read_manifest(corpus_dir)
+    assert manifest.search is SearchMode.HYBRID
+    assert manifest.dimension == 128
+    assert manifest.faiss_index == "flat"
+    assert manifest.documents == len(Corpus(corpus_dir))
+    assert manifest.chunks > manifest.documents  # documents are cut into several chunks
+    chunks = (hybrid_index / "chunks.jsonl").read_text().splitlines()
+    assert len(chunks) == manifest.chunks
+    first = json.loads(chunks[0])
+    text = Corpus(corpus_dir).text(first["path"])
+    assert text[first["offset"] : first["offset"] + len(first["text"])] == first["text"]
+
+
+def test_hnsw_index_retrieves_like_the_exact_one(
+    corpus_dir: Path, embedding_model: Path, tmp_path: Path
+) -> None:
+    build_index(
+        corpus_dir,
+        search=SearchMode.DENSE,
+        embedding_model=str(embedding_model),
+        index_dir=tmp_path / "hnsw",
+        faiss_index="hnsw",
+        progress=False,
+    )
+    assert read_manifest(corpus_dir, tmp_path / "hnsw").faiss_index == "hnsw"
+    searcher = searcher_for(corpus_dir, embedding_model, tmp_path / "hnsw")
+    assert recall_at(searcher, sample_facts(corpus_dir, 30), 5) >= 0.75
+
+
+def test_changed_corpus_makes_the_index_stale(small_corpus: Path, embedding_model: Path) -> None:
+    build_index(small_corpus, search=SearchMode.LEXICAL, progress=False)
+    load_index(Corpus(small_corpus))  # current: loads
+    victim = sorted((small_corpus / "filings").iterdir())[0]
+    victim.write_text(victim.read_text().replace("Revenue", "Turnover", 1))
+    with pytest.raises(StaleIndexError, match="toolgym index build --corpus"):
+        load_index(Corpus(small_corpus))
+
+
+def test_index_for_another_model_is_refused(small_corpus: Path, embedding_model: Path) -> None:
+    build_index(
+        small_corpus, search=SearchMode.DENSE, embedding_model=str(embedding_model), progress=False
+    )
+    corpus = Corpus(small_corpus)
+    with pytest.raises(IndexUnusableError, match="built with embedding model"):
+        load_index(corpus, expect_model="sentence-transformers/all-MiniLM-L6-v2")
+    with pytest.raises(IndexUnusableError, match="384-dimensional|128-dimensional"):
+        load_index(corpus, expect_dimension=384)
+
+
+def test_missing_or_corrupt_index_says_how_to_rebuild(small_corpus: Path) -> None:
+    with pytest.raises(IndexUnusableError, match="Rebuild it with: toolgym index build"):
+        load_index(Corpus(small_corpus))
+    (small_corpus / "index").mkdir()
+    (small_corpus / "index" / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexUnusableError, match="unreadable"):
+        load_index(Corpus(small_corpus))
+
+
+def test_query_encoder_batches_concurrent_queries_and_caches(embedding_model: Path) -> None:
+    embedder = Embedder(str(embedding_model))
+    batches: list[int] = []
+    original = embedder.encode
+
+    def counting(texts: list[str], **kwargs: object) -> object:
+        batches.append(len(texts))
+        return original(texts)
+
+    embedder.encode = counting  # type: ignore[method-assign,assignment]
+    encoder = QueryEncoder(embedder, max_batch=64)
+
+    async def run() -> None:
+        queries = [f"revenue of company {i}" for i in range(40)]
+        vectors = await asyncio.gather(*(encoder.encode(q) for q in queries))
+        direct = original(queries)
+        for got, want in zip(vectors, direct, strict=True):
+            assert abs(float(got @ want) - 1.0) < 1e-5
+        await encoder.encode(queries[3])  # cached: no new batch
+
+    asyncio.run(run())
+    assert sum(batches) == 40
+    assert len(batches) < 40  # coalesced, not one call per query
