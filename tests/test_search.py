@@ -126,7 +126,7 @@ def test_index_for_another_model_is_refused(small_corpus: Path, embedding_model:
     corpus = Corpus(small_corpus)
     with pytest.raises(IndexUnusableError, match="built with embedding model"):
         load_index(corpus, expect_model="sentence-transformers/all-MiniLM-L6-v2")
-    with pytest.raises(IndexUnusableError, match="384-dimensional|128-dimensional"):
+    with pytest.raises(IndexUnusableError, match=r"384-dimensional|128-dimensional"):
         load_index(corpus, expect_dimension=384)
 
 

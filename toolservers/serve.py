@@ -69,7 +69,7 @@ def uvicorn_server(app: ASGIApp, listener: Listener, access_log: bool = False) -
         app,
         host=listener.host,
         port=listener.port,
-        log_level="warning",
+        log_level="info" if access_log else "warning",
         access_log=access_log,
         lifespan="on",
         timeout_graceful_shutdown=5,

@@ -1,0 +1,114 @@
+"""Property-based fuzzing of the HTTP API: whatever arrives, no 5xx and no byte from outside.
+
+Runs the real app in-process (Starlette's TestClient drives it over ASGI) so that hypothesis
+can try hundreds of requests in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from conftest import TOKENS, auth
+from toolservers.auth import TokenSet
+from toolservers.http_app import create_http_app
+from toolservers.tools import Toolbox
+
+SENTINEL = "SENTINEL-OUTSIDE-THE-CORPUS-7f3a"
+
+path_like = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(
+        [
+            "../outside-secret.txt",
+            "filings/../../outside-secret.txt",
+            "/etc/passwd",
+            "filings/henderson-industries-10q-2025-q3.html",
+            "filings/./henderson-industries-10k-2025.html",
+            "filings//henderson-industries-10k-2025.html",
+            "filings\\..\\..\\outside-secret.txt",
+            "%2e%2e/outside-secret.txt",
+            "filings/\x00",
+            "~/.ssh/id_rsa",
+            "facts.jsonl",
+        ]
+    ),
+)
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    path_like,
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+argument_names = st.sampled_from(["query", "top_k", "prefix", "page", "path", "offset", "x", ""])
+arguments = st.dictionaries(argument_names, json_value, max_size=4)
+routes = st.sampled_from(["/search", "/list", "/read"])
+
+
+@pytest.fixture(scope="module")
+def client(toolbox: Toolbox, corpus_dir: Path) -> Iterator[TestClient]:
+    (corpus_dir.parent / "outside-secret.txt").write_text(SENTINEL)
+    app = create_http_app(toolbox, TokenSet(TOKENS))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def check(response: Any) -> None:
+    assert response.status_code < 500, response.text
+    assert SENTINEL not in response.text
+    assert "Traceback" not in response.text
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(route=routes, args=arguments, call_id=st.one_of(st.none(), st.text(max_size=10)))
+def test_any_arguments_get_a_200_or_4xx(
+    client: TestClient, route: str, args: dict[str, Any], call_id: str | None
+) -> None:
+    response = client.post(route, json={"arguments": args, "call_id": call_id}, headers=auth())
+    check(response)
+    if response.status_code == 200:
+        body = response.json()
+        assert isinstance(body["output"], str)
+        assert body["call_id"] == call_id
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=routes,
+    body=st.one_of(st.binary(max_size=200), json_value.map(json.dumps).map(str.encode)),
+)
+def test_any_body_gets_a_200_or_4xx(client: TestClient, route: str, body: bytes) -> None:
+    check(client.post(route, content=body, headers=auth()))
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST"]),
+    path=st.sampled_from(
+        ["/search", "/tools", "/health", "/nope", "/read/x", "/docs", "/openapi.json"]
+    ),
+)
+def test_other_methods_and_paths_never_500(client: TestClient, method: str, path: str) -> None:
+    check(client.request(method, path, headers=auth()))
