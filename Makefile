@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy toolservers envs rollout trainer benchmarks
+	$(BIN)/mypy toolservers envs rollout trainer benchmarks tests
 
 unit: install
 	$(BIN)/pytest -q

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-
 from conftest import free_port
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))

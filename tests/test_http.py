@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import TOKENS, LiveServer, auth
+
 from toolservers.corpus import Corpus
 from toolservers.synth import load_facts
 from toolservers.tools import DEFAULT_READ_BUDGET
@@ -22,7 +23,7 @@ GOOD_ARGS = {
 
 
 @pytest.fixture(scope="module")
-def client(http_server: LiveServer) -> httpx.Client:
+def client(http_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=http_server.url, timeout=30) as c:
         yield c
 

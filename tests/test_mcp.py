@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
+from conftest import TOKENS, LiveServer, auth
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-
-from conftest import TOKENS, LiveServer, auth
+from mcp_types import CallToolResult, TextContent
 
 SAME_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("search", {"query": "Henderson Holdings net income 2025", "top_k": 4}),
@@ -37,6 +37,12 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any]]] = [
     ("read", {"path": "filings/henderson-holdings-10k-2025.html", "surprise": 1}),
     ("search", {}),
 ]
+
+
+def text_of(result: CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return block.text
 
 
 def with_mcp(url: str, token: str, body: Callable[[Client], Awaitable[Any]]) -> Any:
@@ -77,7 +83,7 @@ def test_http_and_mcp_give_the_same_output(mcp_server: LiveServer, http_server: 
         results = []
         for name, arguments in SAME_CALLS:
             result = await client.call_tool(name, arguments)
-            results.append((bool(result.is_error), result.content[0].text))
+            results.append((bool(result.is_error), text_of(result)))
         return results
 
     over_mcp = with_mcp(mcp_server.url, TOKENS[1], calls)
@@ -94,7 +100,7 @@ def test_schema_violations_are_error_results_over_mcp(mcp_server: LiveServer) ->
 
     for result in with_mcp(mcp_server.url, TOKENS[0], calls):
         assert result.is_error
-        assert "Traceback" not in result.content[0].text
+        assert "Traceback" not in text_of(result)
 
 
 def _leaves(error: BaseException) -> list[BaseException]:
@@ -131,7 +137,7 @@ def test_stdio_transport_serves_the_same_tools(corpus_dir: Path, hybrid_index: P
         async with Client(params) as client:
             tools = await client.list_tools()
             result = await client.call_tool("list", {"prefix": "filings/henderson-holdings"})
-            return [t.name for t in tools.tools], result.content[0].text
+            return [t.name for t in tools.tools], text_of(result)
 
     names, listing = asyncio.run(run())
     assert names == ["search", "list", "read"]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# Paragraphs shorter than this (headings, captions) travel with the paragraph that follows.
+SHORT_PARAGRAPH = 120
 
 
 class ChunkingConfig(BaseModel, frozen=True):
@@ -44,6 +46,27 @@ def _paragraphs(text: str) -> list[tuple[int, str]]:
     if text[start:].strip():
         spans.append((start, text[start:]))
     return spans
+
+
+def _with_headings(text: str, paragraphs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Join each short paragraph (a heading, a caption) to the one after it.
+
+    Otherwise a heading followed by a long table becomes a chunk of its own that matches
+    queries about the section but shows none of its content.
+    """
+    joined: list[tuple[int, str]] = []
+    pending: int | None = None
+    for offset, para in paragraphs:
+        start = offset if pending is None else pending
+        if len(para) < SHORT_PARAGRAPH:
+            pending = start
+            continue
+        joined.append((start, text[start : offset + len(para)]))
+        pending = None
+    if pending is not None:
+        last_end = paragraphs[-1][0] + len(paragraphs[-1][1])
+        joined.append((pending, text[pending:last_end]))
+    return joined
 
 
 def _split_long(offset: int, para: str, max_chars: int) -> list[tuple[int, str]]:
@@ -80,7 +103,7 @@ def chunk_document(path: str, text: str, config: ChunkingConfig) -> list[Chunk]:
     """
     title = document_title(text)
     units: list[tuple[int, str]] = []
-    for offset, para in _paragraphs(text):
+    for offset, para in _with_headings(text, _paragraphs(text)):
         units.extend(_split_long(offset, para, config.max_chars))
     chunks: list[Chunk] = []
     i = 0

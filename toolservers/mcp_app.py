@@ -61,7 +61,10 @@ def create_mcp_server(toolbox: Toolbox) -> MCPServer:
         for name, fn in tool_functions(toolbox).items()
     ]
     server = MCPServer(
-        name="toolgym", instructions="Search, list and read a corpus of filings.", tools=tools
+        name="toolgym",
+        instructions="Search, list and read a corpus of filings.",
+        tools=tools,
+        log_level="WARNING",
     )
 
     @server.custom_route("/health", methods=["GET"])

@@ -1,0 +1,262 @@
+"""The tool-server image: built by docker/build.sh, run with a token, called from the host.
+
+Needs a Docker engine (`bash docker/ensure-engine.sh` starts one; `make test` runs it first).
+Without one every test here is skipped, saying why. The image is built once for the module;
+with nothing changed since the last build, docker/build.sh takes seconds (all layers cached).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER_DIR = ROOT / "docker"
+IMAGE = os.environ.get("TOOLGYM_TEST_IMAGE", "toolgym/tools:latest")
+BUILD_TIMEOUT_S = 1800  # cold: wheel download + debootstrap + install, a few minutes
+START_TIMEOUT_S = 120  # the server loads torch, the model and the index before listening
+HIT = re.compile(r"filings/\S+\.html \(score ")
+SEARCH = {
+    "arguments": {"query": "Henderson Industries Q3 2025 operating margin", "top_k": 3},
+    "call_id": "c1",
+}
+MCP_SERVE = ["toolgym", "serve", "--corpus", "/data/corpus", "--transport", "mcp"]
+MCP_SERVE += ["--host", "0.0.0.0", "--port", "8081"]
+MCP_HEALTH = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/health')"
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+def docker(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def engine_missing() -> str | None:
+    """Why no engine can be used here, or None when one answers."""
+    if shutil.which("docker") is None:
+        return "no docker client on PATH (bash docker/ensure-engine.sh installs one)"
+    try:
+        info = docker("info", "--format", "{{.ServerVersion}}", timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 30 s"
+    if info.returncode != 0 or not info.stdout.strip():
+        return "no Docker engine answers (bash docker/ensure-engine.sh starts one, as root)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def logs(name: str) -> str:
+    result = docker("logs", "--tail", "40", name)
+    return (result.stdout + result.stderr)[-4000:]
+
+
+def wait_for_health(name: str, base_url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        state = docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        if state not in ("created", "running"):
+            pytest.fail(f"container {name} is {state!r} before answering:\n{logs(name)}")
+        time.sleep(0.5)
+    pytest.fail(f"container {name} did not answer /health in {START_TIMEOUT_S}s:\n{logs(name)}")
+
+
+@contextmanager
+def container(
+    image: str, token: str, port: int, command: Sequence[str] = (), options: Sequence[str] = ()
+) -> Iterator[tuple[str, str]]:
+    """Run `image` with TOOL_BEARER=token and `port` published on 127.0.0.1; always removed."""
+    name = f"toolgym-test-{secrets.token_hex(4)}"
+    host_port = free_port()
+    try:
+        # The token goes through the environment, not the command line (`ps` shows that).
+        run = docker(
+            "run", "--detach", "--name", name, "--env", "TOOL_BEARER",
+            "--publish", f"127.0.0.1:{host_port}:{port}", *options, image, *command,
+            env={**os.environ, "TOOL_BEARER": token},
+        )  # fmt: skip
+        if run.returncode != 0:
+            pytest.fail(f"docker run failed: {run.stderr.strip()}")
+        base_url = f"http://127.0.0.1:{host_port}"
+        wait_for_health(name, base_url)
+        yield name, base_url
+    finally:
+        docker("rm", "--force", "--volumes", name)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    reason = engine_missing()
+    if reason:
+        pytest.skip(reason)
+    started = time.monotonic()
+    build = subprocess.run(
+        ["bash", str(DOCKER_DIR / "build.sh")],
+        cwd=ROOT,
+        env={**os.environ, "IMAGE": IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"docker/build.sh failed:\n{(build.stdout + build.stderr)[-6000:]}")
+    print(f"\n{IMAGE} built in {time.monotonic() - started:.0f}s")
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="module")
+def http_server(image: str, token: str) -> Iterator[tuple[str, str]]:
+    # A short health interval, so the image's own HEALTHCHECK gets exercised within the test.
+    with container(image, token, 8080, options=["--health-interval", "2s"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mcp_server(image: str, token: str) -> Iterator[tuple[str, str]]:
+    options = ["--health-cmd", f'python -c "{MCP_HEALTH}"', "--health-interval", "2s"]
+    with container(image, token, 8081, command=MCP_SERVE, options=options) as server:
+        yield server
+
+
+def test_search_with_the_token_finds_filings(http_server: tuple[str, str], token: str) -> None:
+    _, url = http_server
+    response = httpx.post(
+        f"{url}/search", json=SEARCH, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["call_id"] == "c1"
+    assert HIT.search(body["output"]), body["output"]
+
+
+def test_search_without_a_token_is_refused(http_server: tuple[str, str]) -> None:
+    _, url = http_server
+    response = httpx.post(f"{url}/search", json=SEARCH, timeout=30)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "filings/" not in response.text
+
+
+def test_search_with_a_wrong_token_is_refused(http_server: tuple[str, str], token: str) -> None:
+    _, url = http_server
+    wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}
+    response = httpx.post(f"{url}/search", json=SEARCH, headers=wrong, timeout=30)
+    assert response.status_code == 401
+    assert token not in response.text
+
+
+def test_health_is_open_and_reports_the_bundled_index(http_server: tuple[str, str]) -> None:
+    _, url = http_server
+    health = httpx.get(f"{url}/health", timeout=30).json()
+    assert health["status"] == "ok"
+    assert health["documents"] > 0
+    assert health["search"] == "hybrid"
+
+
+def test_image_healthcheck_turns_healthy(http_server: tuple[str, str]) -> None:
+    name, _ = http_server
+    status = ""
+    for _ in range(60):
+        status = docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
+        if status == "healthy":
+            return
+        time.sleep(1)
+    pytest.fail(f"HEALTHCHECK status is {status!r}:\n{logs(name)}")
+
+
+def test_server_runs_as_non_root_on_read_only_data(http_server: tuple[str, str]) -> None:
+    name, _ = http_server
+    assert docker("exec", name, "id", "-u").stdout.strip() != "0"
+    touch = docker("exec", name, "touch", "/data/corpus/written-by-server")
+    assert touch.returncode != 0
+
+
+def test_refuses_to_start_without_a_token(image: str) -> None:
+    run = docker("run", "--rm", image, timeout=120)  # no --env TOOL_BEARER
+    assert run.returncode != 0
+    assert "no token configured" in run.stderr
+
+
+def test_mcp_health_is_open_and_mcp_needs_the_token(
+    mcp_server: tuple[str, str], token: str
+) -> None:
+    _, url = mcp_server
+    health = httpx.get(f"{url}/health", timeout=30)
+    assert health.status_code == 200
+    assert health.json()["transport"] == "mcp"
+
+    refused = httpx.post(f"{url}/mcp", json=TOOLS_LIST, headers=MCP_HEADERS, timeout=30)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+
+    headers = {**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+    listed = httpx.post(f"{url}/mcp", json=TOOLS_LIST, headers=headers, timeout=30)
+    assert listed.status_code == 200, listed.text
+    names = {tool["name"] for tool in listed.json()["result"]["tools"]}
+    assert {"search", "list", "read"} <= names
+
+
+def compose_command() -> list[str] | None:
+    if shutil.which("docker") and docker("compose", "version", timeout=30).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_compose_publishes_both_services_on_loopback_only(tmp_path: Path) -> None:
+    spec = yaml.safe_load((DOCKER_DIR / "compose.yaml").read_text())
+    services = spec["services"]
+    assert set(services) == {"tools-http", "tools-mcp"}
+    for name, service in services.items():
+        assert service["env_file"] == ".env", name
+        assert service["restart"] in ("unless-stopped", "always"), name
+        assert service["healthcheck"]["test"], name
+        for mapping in service["ports"]:
+            assert mapping.startswith("127.0.0.1:"), (name, mapping)
+    assert "mcp" in services["tools-mcp"]["command"]
+
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    # Validate with the real tool, against a throwaway .env beside a copy of the file.
+    shutil.copy(DOCKER_DIR / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(f"TOOL_BEARER={secrets.token_urlsafe(32)}\n")
+    check = subprocess.run(
+        [*compose, "-f", str(tmp_path / "compose.yaml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
