@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +39,7 @@ def test_neighbouring_chunks_overlap_by_a_paragraph() -> None:
     text = "\n\n".join(paragraphs)
     chunks = chunk_document("doc.txt", text, ChunkingConfig(max_chars=500, overlap_chars=200))
     assert len(chunks) > 2
-    for first, second in zip(chunks, chunks[1:], strict=False):
+    for first, second in itertools.pairwise(chunks):
         assert second.offset < first.offset + len(first.text)  # shares text with the previous
 
 
