@@ -70,6 +70,15 @@ def test_serve_refuses_to_start_without_a_token(corpus_dir: Path, hybrid_index: 
     assert "Traceback" not in result.stderr
 
 
+def test_the_example_placeholder_token_is_refused(corpus_dir: Path, hybrid_index: Path) -> None:
+    result = run(
+        "serve", "--corpus", str(corpus_dir), env={"TOOL_BEARER": "replace-me-with-a-random-token"}
+    )
+    assert result.returncode == 2
+    assert "placeholder" in result.stderr
+    assert "replace-me-with" not in result.stderr
+
+
 def test_insecure_mode_binds_loopback_and_says_so(corpus_dir: Path, hybrid_index: Path) -> None:
     port = free_port()
     process = start(

@@ -16,6 +16,8 @@ from toolservers.mcp_app import create_mcp_app, create_mcp_server
 from toolservers.tools import Toolbox
 
 LOOPBACK = "127.0.0.1"
+# docker/.env.example ships this placeholder; a server must never accept it.
+PLACEHOLDER_PREFIX = "replace-me"
 
 
 class Transport(StrEnum):
@@ -38,6 +40,11 @@ class Listener:
 def resolve_tokens(insecure: bool, host: str) -> tuple[TokenSet, str]:
     """Tokens from TOOL_BEARER, or the insecure loopback-only mode; returns the host to bind."""
     tokens = tokens_from_env()
+    if any(t.startswith(PLACEHOLDER_PREFIX) for t in tokens):
+        raise StartupRefusedError(
+            f"{TOKEN_ENV} still holds the placeholder from docker/.env.example; generate a "
+            'token with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+        )
     if tokens:
         return TokenSet(tokens), host
     if not insecure:
