@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from toolservers.errors import ToolServerError
@@ -126,16 +125,3 @@ def cmd_demo_tools(args: argparse.Namespace) -> int:
 
     run_tools_demo(args.workdir, args.http_port, args.mcp_port, check_only=args.check)
     return 0
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed command; known failures print one line, not a traceback."""
-    from toolservers.serve import StartupRefusedError
-
-    try:
-        return int(args.func(args))
-    except (ToolServerError, StartupRefusedError, FileNotFoundError) as exc:
-        print(f"toolgym: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

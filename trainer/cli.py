@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from envs import cli as envs_cli
 from toolservers import cli as toolservers_cli
 
 
@@ -14,12 +15,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="<verb>")
     toolservers_cli.add_commands(sub)
+    envs_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; known failures print one line (no traceback) and exit 2."""
+    from envs.errors import EnvError
+    from toolservers.errors import ToolServerError
+    from toolservers.serve import StartupRefusedError
+
     args = build_parser().parse_args(argv)
-    return toolservers_cli.run_command(args)
+    try:
+        return int(args.func(args))
+    except (ToolServerError, EnvError, StartupRefusedError, FileNotFoundError) as exc:
+        print(f"toolgym: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

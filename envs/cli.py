@@ -1,0 +1,79 @@
+"""`toolgym envs|data|grade` subcommands: parse, call one function, return its exit code."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    environments = sub.add_parser("envs", help="registered environments")
+    env_actions = environments.add_subparsers(dest="action", required=True)
+    listing = env_actions.add_parser("list", help="every registered environment and its source")
+    listing.add_argument(
+        "--yaml",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="also register these YAML environment files",
+    )
+    listing.set_defaults(func=cmd_envs_list)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="action", required=True)
+    validate = data.add_parser("validate", help="check dataset files")
+    validate.add_argument("files", type=Path, nargs="+")
+    validate.add_argument("--corpus", type=Path, default=None)
+    validate.set_defaults(func=cmd_data_validate)
+    build = data.add_parser("build", help="train/val questions from a corpus's facts")
+    build.add_argument("--corpus", type=Path, required=True)
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_data_build)
+    tatqa = data.add_parser("import-tatqa", help="corpus + rows from TAT-QA-format JSON")
+    tatqa.add_argument("json", type=Path)
+    tatqa.add_argument("--out", type=Path, required=True)
+    tatqa.set_defaults(func=cmd_data_import_tatqa)
+
+    grade = sub.add_parser("grade", help="grade one answer against a reference")
+    grade.add_argument("--reference", required=True)
+    grade.add_argument("--answer", required=True)
+    grade.add_argument("--tolerance-rel", type=float, default=None)
+    grade.set_defaults(func=cmd_grade)
+
+
+def cmd_envs_list(args: argparse.Namespace) -> int:
+    import envs
+
+    for path in args.yaml:
+        envs.register_yaml(path)
+    entries = envs.list_envs()
+    width = max(len(e.id) for e in entries)
+    for entry in entries:
+        print(f"{entry.id:<{width}}  {entry.source}")
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from envs.data.validate import validate_command
+
+    return validate_command(args.files, args.corpus)
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from envs.data.build import build_command
+
+    return build_command(args.corpus, args.out, args.seed)
+
+
+def cmd_data_import_tatqa(args: argparse.Namespace) -> int:
+    from envs.data.tatqa import import_tatqa_command
+
+    return import_tatqa_command(args.json, args.out)
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from envs.graders import grade_command
+
+    text, code = grade_command(args.reference, args.answer, args.tolerance_rel)
+    print(text)
+    return code

@@ -1,0 +1,223 @@
+"""The rules of one episode, written once and used by both the sync and the async step.
+
+An episode is a question. Each turn takes one assistant action: tool calls run through the
+ToolClient and their results are the next observation; an answer without tool calls ends the
+episode and is graded. Budgets (tool calls, turns, tokens) truncate it. A malformed action
+is an error observation that costs one tool call; a failing tool server ends the episode with
+an infrastructure error instead of a reward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from envs.actions import ParsedAction, ToolCall, final_answer, parse_action
+from envs.client import ToolClient
+from envs.errors import ToolInfraError
+from envs.graders import GradeResult
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You answer questions about company filings. Use the tools to find the document that states "
+    "the figures you need: search(query) to find documents, list(prefix) to browse paths, "
+    "read(path, offset) to read a document. Check the company name exactly (some names look "
+    "alike) and the period. When you know the answer, reply without calling a tool, stating the "
+    "final figure with its unit, e.g. 'Answer: $1,234.5 million'."
+)
+
+
+class Limits(BaseModel, frozen=True):
+    max_tool_calls: int = Field(default=12, ge=1)
+    max_turns: int = Field(default=16, ge=1)
+    max_tokens: int = Field(default=32_000, ge=1)  # conversation tokens, by the env's counter
+
+
+class EpisodeGrader(Protocol):
+    async def grade(self, row: Any, answer: str, tools_used: set[str]) -> GradeResult: ...
+
+
+def approximate_tokens(text: str) -> int:
+    """About four characters a token: a budget guard, not an exact count."""
+    return max(1, len(text) // 4)
+
+
+@dataclass
+class CallRecord:
+    id: str
+    name: str
+    arguments: dict[str, Any] | None
+    output: str
+    ok: bool
+    latency_s: float
+
+
+@dataclass
+class EpisodeState:
+    row: Any
+    messages: list[dict[str, Any]]
+    turns: int = 0
+    tokens: int = 0
+    calls: list[CallRecord] = field(default_factory=list)
+    documents_read: list[str] = field(default_factory=list)
+    done: bool = False
+    grade: GradeResult | None = None
+    infra_error: str | None = None
+
+    @property
+    def tools_used(self) -> set[str]:
+        return {c.name for c in self.calls if c.ok}
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    observation: list[dict[str, Any]]
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any]
+
+
+class Episode:
+    """One question, played turn by turn. All I/O is async; the rules are here only."""
+
+    def __init__(
+        self,
+        row: Any,
+        prompt: str,
+        client: ToolClient,
+        grader: EpisodeGrader,
+        limits: Limits,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        count_tokens: Callable[[str], int] = approximate_tokens,
+    ) -> None:
+        self.client, self.grader, self.limits = client, grader, limits
+        self.count_tokens = count_tokens
+        opening = [
+            {"role": "system", "content": system_prompt},
+            {"role": "user", "content": prompt},
+        ]
+        self.state = EpisodeState(row=row, messages=list(opening))
+        self.state.tokens = sum(count_tokens(m["content"]) for m in opening)
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in self.state.messages]
+
+    async def step(self, action: Any) -> StepOutcome:
+        state = self.state
+        if state.done:
+            return self._outcome([], 0.0, False, False, note="episode already ended; call reset()")
+        state.turns += 1
+        parsed = parse_action(action, state.turns)
+        state.messages.append(parsed.as_message())
+        state.tokens += self.count_tokens(
+            parsed.content + "".join(c.raw_arguments for c in parsed.tool_calls)
+        )
+        if parsed.error or (not parsed.tool_calls and not final_answer(parsed.content)):
+            return self._malformed(parsed)
+        if not parsed.tool_calls:
+            return await self._finish(final_answer(parsed.content))
+        try:
+            observation, over_budget = await self._run_calls(parsed.tool_calls)
+        except ToolInfraError as exc:
+            state.infra_error, state.done = str(exc), True
+            return self._outcome([], 0.0, False, True)
+        return self._after_turn(observation, over_budget)
+
+    def _malformed(self, parsed: ParsedAction) -> StepOutcome:
+        problem = parsed.error or "the message is empty"
+        text = f"Error: {problem}. Call a tool, or reply with your final answer."
+        self.state.calls.append(
+            CallRecord(f"invalid_{self.state.turns}", "", None, text, False, 0.0)
+        )
+        message = {"role": "user", "content": text}
+        self.state.messages.append(message)
+        return self._after_turn([dict(message)], over_budget=False)
+
+    async def _run_calls(self, calls: list[ToolCall]) -> tuple[list[dict[str, Any]], bool]:
+        observation: list[dict[str, Any]] = []
+        over_budget = False
+        for call in calls:
+            if len(self.state.calls) >= self.limits.max_tool_calls:
+                over_budget = True
+                output, ok, latency = "Error: tool-call budget exhausted.", False, 0.0
+            else:
+                output, ok, latency = await self._run_one(call)
+                self.state.calls.append(
+                    CallRecord(call.id, call.name, call.arguments, output, ok, latency)
+                )
+            message = {
+                "role": "tool",
+                "tool_call_id": call.id,
+                "name": call.name,
+                "content": output,
+            }
+            self.state.messages.append(message)
+            self.state.tokens += self.count_tokens(output)
+            observation.append(dict(message))
+        return observation, over_budget
+
+    async def _run_one(self, call: ToolCall) -> tuple[str, bool, float]:
+        if call.error or call.arguments is None:
+            return f"Error: {call.error or 'unreadable arguments'}.", False, 0.0
+        started = time.perf_counter()
+        output = await self.client.call(call.name, call.arguments, call.id)
+        ok = not output.startswith("Error")
+        if ok and call.name == "read" and isinstance(call.arguments.get("path"), str):
+            path = call.arguments["path"]
+            if path not in self.state.documents_read:
+                self.state.documents_read.append(path)
+        return output, ok, time.perf_counter() - started
+
+    def _after_turn(self, observation: list[dict[str, Any]], over_budget: bool) -> StepOutcome:
+        limits, state = self.limits, self.state
+        truncated = (
+            over_budget
+            or len(state.calls) > limits.max_tool_calls
+            or state.turns >= limits.max_turns
+            or state.tokens >= limits.max_tokens
+        )
+        state.done = truncated
+        return self._outcome(observation, 0.0, False, truncated)
+
+    async def _finish(self, answer: str) -> StepOutcome:
+        state = self.state
+        state.done = True
+        state.grade = await self.grader.grade(state.row, answer, state.tools_used)
+        return self._outcome([], state.grade.score, True, False, answer=answer)
+
+    def _outcome(
+        self,
+        observation: list[dict[str, Any]],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        **extra: Any,
+    ) -> StepOutcome:
+        return StepOutcome(observation, reward, terminated, truncated, {**self.info(), **extra})
+
+    def info(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "row_id": getattr(state.row, "id", None),
+            "turns": state.turns,
+            "tokens": state.tokens,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "arguments": c.arguments,
+                    "ok": c.ok,
+                    "latency_s": round(c.latency_s, 4),
+                }
+                for c in state.calls
+            ],
+            "tools_used": sorted(state.tools_used),
+            "documents_read": list(state.documents_read),
+            "grade": state.grade.model_dump(mode="json") if state.grade else None,
+            "grader_error": state.grade.error if state.grade else None,
+            "infra_error": state.infra_error,
+        }

@@ -1,0 +1,33 @@
+"""Exception tree of the environments package.
+
+    EnvError
+    ├── ToolInfraError          the tool server cannot serve: recorded on the episode, not graded
+    │   ├── ToolServerUnavailableError   connection failures or 5xx after the retry budget
+    │   └── ToolAuthError                401: the token is missing or wrong
+    ├── EnvConfigError          a registration, YAML file or kwargs that cannot work
+    └── DatasetError            (envs.data) rows that do not load
+
+A bad tool call by the model is never an exception: it is an observation the model sees.
+"""
+
+from __future__ import annotations
+
+
+class EnvError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ToolInfraError(EnvError):
+    """The tool server failed; the episode records this instead of a reward."""
+
+
+class ToolServerUnavailableError(ToolInfraError):
+    pass
+
+
+class ToolAuthError(ToolInfraError):
+    pass
+
+
+class EnvConfigError(EnvError):
+    pass

@@ -1,0 +1,146 @@
+"""Where environments come from: built in, installed plugins, and YAML files.
+
+- Built in: `toolgym/FilingsQA-v0` and `toolgym/TatQA-v0`, registered on `import envs`.
+- Plugins: any installed distribution that declares an entry point in the group
+  `toolgym.envs`; the entry point is a function that calls `gymnasium.register(...)`.
+- YAML: a file describing a no-code environment (dataset, tool server, token variable,
+  grader, limits); `register_yaml(path)`, or list files/directories in `TOOLGYM_ENVS`.
+`list_envs()` reports every registered toolgym environment with where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from envs.errors import EnvConfigError
+
+PLUGIN_GROUP = "toolgym.envs"
+YAML_PATH_ENV = "TOOLGYM_ENVS"
+TATQA_SYSTEM_PROMPT = (
+    "You answer questions about excerpts of real annual reports. Each question names the report "
+    "document to use; read it with read(path), or find passages with search(query). Answer "
+    "with the figure and its scale (thousand, million, percent) or the exact words asked for. "
+    "When you know the answer, reply without calling a tool, e.g. 'Answer: -12.5 million'."
+)
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    id: str
+    source: str  # "builtin", "plugin:<distribution>", "yaml:<file>"
+    entry_point: str
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def _register(env_id: str, source: str, entry_point: Any, kwargs: dict[str, Any]) -> None:
+    gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs, nondeterministic=True)
+    _SOURCES[env_id] = source
+
+
+def register_builtin() -> None:
+    _register("toolgym/FilingsQA-v0", "builtin", "envs.tool_env:make_tool_env", {})
+    _register(
+        "toolgym/TatQA-v0",
+        "builtin",
+        "envs.tool_env:make_tool_env",
+        {"system_prompt": TATQA_SYSTEM_PROMPT, "grader": {"type": "auto"}},
+    )
+
+
+def load_plugins() -> list[str]:
+    """Run every `toolgym.envs` entry point; a broken plugin warns, it does not break us."""
+    problems = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        before = set(gym.registry)
+        try:
+            point.load()()
+        except Exception as exc:  # a third party's bug must not stop `import envs`
+            problems.append(f"{point.value}: {exc!r}")
+            warnings.warn(f"toolgym plugin {point.name} failed to register: {exc!r}", stacklevel=2)
+            continue
+        dist = point.dist.name if point.dist else point.module
+        for env_id in set(gym.registry) - before:
+            _SOURCES[env_id] = f"plugin:{dist}"
+    return problems
+
+
+class YamlEnvSpec(BaseModel):
+    """A no-code environment. Relative dataset paths are relative to the YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[\w.-]+/[\w.-]+-v\d+$")
+    dataset: Path
+    tools_url: str
+    transport: str = Field(default="http", pattern=r"^(http|mcp)$")
+    token_env: str = "TOOL_BEARER"
+    grader: dict[str, Any] = Field(default_factory=lambda: {"type": "auto"})
+    limits: dict[str, int] = Field(default_factory=dict)
+    system_prompt: str | None = None
+
+
+def make_yaml_env(token_env: str, **kwargs: Any) -> Any:
+    """Entry point for YAML environments: reads the token variable when the env is made."""
+    from envs.tool_env import make_tool_env
+
+    token = kwargs.pop("token", None) or os.environ.get(token_env, "").split(",")[0].strip() or None
+    return make_tool_env(token=token, **kwargs)
+
+
+def register_yaml(path: Path) -> str:
+    try:
+        raw = yaml.safe_load(path.read_text())
+        spec = YamlEnvSpec.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise EnvConfigError(f"{path}: cannot read environment file: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise EnvConfigError(f"{path}: {problems}") from exc
+    dataset = spec.dataset if spec.dataset.is_absolute() else path.parent / spec.dataset
+    kwargs: dict[str, Any] = {
+        "token_env": spec.token_env,
+        "dataset": str(dataset),
+        "tools_url": spec.tools_url,
+        "transport": spec.transport,
+        "grader": spec.grader,
+        "limits": spec.limits,
+    }
+    if spec.system_prompt:
+        kwargs["system_prompt"] = spec.system_prompt
+    _register(spec.id, f"yaml:{path}", "envs.registry:make_yaml_env", kwargs)
+    return spec.id
+
+
+def load_yaml_from_env() -> list[str]:
+    """Register the YAML files (or directories of them) listed in TOOLGYM_ENVS."""
+    registered = []
+    for entry in filter(None, os.environ.get(YAML_PATH_ENV, "").split(os.pathsep)):
+        location = Path(entry)
+        files = sorted(location.glob("*.y*ml")) if location.is_dir() else [location]
+        for file in files:
+            try:
+                registered.append(register_yaml(file))
+            except EnvConfigError as exc:  # one bad file must not break `import envs`
+                warnings.warn(f"{YAML_PATH_ENV}: skipped {exc}", stacklevel=2)
+    return registered
+
+
+def list_envs() -> list[EnvEntry]:
+    return [
+        EnvEntry(env_id, source, str(gym.registry[env_id].entry_point))
+        for env_id, source in sorted(_SOURCES.items())
+        if env_id in gym.registry
+    ]
