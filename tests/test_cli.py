@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from conftest import free_port
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))

@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from conftest import TOKENS, LiveServer, auth
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
+
+from conftest import TOKENS, LiveServer, auth
 
 SAME_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("search", {"query": "Henderson Holdings net income 2025", "top_k": 4}),

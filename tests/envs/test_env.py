@@ -11,10 +11,10 @@ from typing import Any
 
 import gymnasium as gym
 import pytest
-from conftest import TOKENS, LiveServer, free_port, start_server
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
+from conftest import TOKENS, LiveServer, free_port, start_server
 from envs.data.build import build_dataset
 from envs.data.oracle import oracle_answer_from_texts, oracle_plan
 from envs.data.rows import Row, load_rows

@@ -126,7 +126,7 @@ def test_a_yaml_file_defines_a_working_environment(
         (e.id, e.source) for e in envs.list_envs()
     ]
     env = gym.make(env_id)
-    obs, info = env.reset(seed=0)
+    obs, _info = env.reset(seed=0)
     assert obs[1]["role"] == "user"
     observation, *_ = env.step(
         {
