@@ -16,8 +16,8 @@ ROLES = ("system", "user", "assistant", "tool")
 _WORDS = ("revenue", "margin", "Henderson", "2025", "Q3", "net income", "{", "\x00", "", "'")
 
 
-class ChatMessages(spaces.Space[list[dict[str, Any]]]):
-    """A list of OpenAI-style chat messages (role + string content)."""
+class _ObjectSpace(spaces.Space[Any]):
+    """A space of Python objects (no shape, no dtype); equal to any space of its own class."""
 
     def __init__(self, seed: int | np.random.Generator | None = None) -> None:
         super().__init__(shape=None, dtype=None, seed=seed)
@@ -25,6 +25,16 @@ class ChatMessages(spaces.Space[list[dict[str, Any]]]):
     @property
     def is_np_flattenable(self) -> bool:
         return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is type(self)
+
+
+class ChatMessages(_ObjectSpace):
+    """A list of OpenAI-style chat messages (role + string content)."""
 
     def contains(self, x: Any) -> bool:
         return isinstance(x, list) and all(
@@ -36,31 +46,12 @@ class ChatMessages(spaces.Space[list[dict[str, Any]]]):
         n = int(self.np_random.integers(0, 3))
         return [{"role": "tool", "content": _text(self.np_random)} for _ in range(n)]
 
-    def __repr__(self) -> str:
-        return "ChatMessages()"
 
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, ChatMessages)
-
-
-class AssistantActions(spaces.Space[Any]):
+class AssistantActions(_ObjectSpace):
     """One assistant turn: a message dict (content, tool_calls) or plain text with markup."""
-
-    def __init__(self, seed: int | np.random.Generator | None = None) -> None:
-        super().__init__(shape=None, dtype=None, seed=seed)
-
-    @property
-    def is_np_flattenable(self) -> bool:
-        return False
 
     def contains(self, x: Any) -> bool:
         return isinstance(x, str | dict)
-
-    def __repr__(self) -> str:
-        return "AssistantActions()"
-
-    def __eq__(self, other: Any) -> bool:
-        return isinstance(other, AssistantActions)
 
     def sample(self, mask: Any = None, probability: Any = None) -> Any:
         rng = self.np_random
