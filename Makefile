@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PY_DIRS := toolservers envs rollout trainer benchmarks tests
 
 .PHONY: install demo test lint typecheck unit docker-engine clean
 
@@ -19,11 +20,11 @@ demo: install
 	$(BIN)/toolgym demo tools --workdir .demo
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 typecheck: install
-	$(BIN)/mypy toolservers envs rollout trainer benchmarks tests
+	$(BIN)/mypy $(PY_DIRS)
 
 unit: install
 	$(BIN)/pytest -q

@@ -88,11 +88,12 @@ def _single_torch_thread() -> None:
 class QueryEncoder:
     """Async front of an Embedder: coalesces concurrent queries and caches results.
 
-    Queries that arrive while the encoder is busy wait and go together in a later batch. Up to
-    `query_workers()` batches run at once, each on its own thread with one torch thread. A
-    lone query is encoded at once (no timer); a second batch starts beside a running one
-    only once `MIN_PARALLEL_BATCH` queries wait, so that small batches do not eat the CPU that
-    large ones use better. `batches`, `encoded` and `cache_hits` count what happened.
+    Queries that arrive while the encoder is busy wait and go together in a later batch; a
+    query already waiting or being encoded is not encoded twice. Up to `query_workers()`
+    batches run at once, each on its own thread with one torch thread. A lone query is
+    encoded at once (no timer); a batch starts beside a running one only once
+    `MIN_PARALLEL_BATCH` queries wait, so that small batches do not take the CPU that large
+    ones use better. `batches`, `encoded` and `cache_hits` count what happened.
     """
 
     def __init__(self, embedder: Embedder, max_batch: int = 64, cache_size: int = 4096) -> None:
@@ -102,6 +103,7 @@ class QueryEncoder:
         self.workers = query_workers()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._waiting: dict[str, list[asyncio.Future[np.ndarray]]] = {}
+        self._encoding: dict[str, list[asyncio.Future[np.ndarray]]] = {}  # in running batches
         self._running = 0
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0
@@ -116,8 +118,12 @@ class QueryEncoder:
             return cached
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._waiting.setdefault(query, []).append(future)
-        self._dispatch(loop)
+        encoding = self._encoding.get(query)
+        if encoding is not None:  # a running batch holds it already: share that result
+            encoding.append(future)
+        else:
+            self._waiting.setdefault(query, []).append(future)
+            self._dispatch(loop)
         return await future
 
     def _encoder_threads(self) -> ThreadPoolExecutor:
@@ -140,6 +146,7 @@ class QueryEncoder:
             size = min(self.max_batch, max(MIN_PARALLEL_BATCH, -(-waiting // free)))
             queries = list(itertools.islice(self._waiting, size))
             futures = [self._waiting.pop(q) for q in queries]
+            self._encoding.update(zip(queries, futures, strict=True))
             self._running += 1
             job = loop.run_in_executor(self._encoder_threads(), self._encode_batch, queries)
             job.add_done_callback(functools.partial(self._finish, loop, queries, futures))
@@ -155,6 +162,8 @@ class QueryEncoder:
         job: asyncio.Future[np.ndarray],
     ) -> None:
         self._running -= 1
+        for query in queries:
+            del self._encoding[query]
         failure: BaseException | None = None
         if job.cancelled():
             failure = asyncio.CancelledError()

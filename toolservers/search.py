@@ -1,10 +1,17 @@
-"""Ranked retrieval over a loaded index: dense (FAISS), lexical (BM25) or hybrid (RRF)."""
+"""Ranked retrieval over a loaded index: dense (FAISS), lexical (BM25) or hybrid (RRF).
+
+Dense searches that become ready in the same event-loop turn (the queries of one encoder
+batch do) go to FAISS as one matrix: a flat index is scanned once for all of them instead of
+once per query, which matters when the encoder threads keep the caches busy.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from toolservers.chunking import Chunk
@@ -31,6 +38,8 @@ class Searcher:
         if self.mode.uses_dense and encoder is None:
             raise ValueError(f"{self.mode} search needs a query encoder")
         self.encoder = encoder
+        # Dense searches waiting for the next flush: (query vector, k, future of the ranking).
+        self._pending: list[tuple[np.ndarray, int, asyncio.Future[list[tuple[int, float]]]]] = []
 
     async def search(self, query: str, top_k: int) -> list[Hit]:
         """Best chunk of each of the `top_k` best documents, best first."""
@@ -49,9 +58,42 @@ class Searcher:
     async def _dense(self, query: str, k: int) -> list[tuple[int, float]]:
         assert self.encoder is not None
         vector = await self.encoder.encode(query)  # (dim,)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[tuple[int, float]]] = loop.create_future()
+        self._pending.append((vector, k, future))
+        if len(self._pending) == 1:
+            # Runs after the callbacks already queued, e.g. the rest of this encoder batch.
+            loop.call_soon(self._flush_dense)
+        return await future
+
+    def _flush_dense(self) -> None:
+        pending, self._pending = self._pending, []
         assert self.index.dense is not None
-        scores, ids = self.index.dense.search(vector[None, :], k)  # (1, k) each
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        try:
+            vectors = np.stack([vector for vector, _, _ in pending])  # (n, dim)
+            k_max = max(k for _, k, _ in pending)
+            # One thread: this is the event loop's thread, and the encoder threads hold the
+            # other cores (FAISS's OpenMP team would wait on them). Per-thread setting.
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)
+            try:
+                scores, ids = self.index.dense.search(vectors, k_max)  # (n, k_max) each
+            finally:
+                faiss.omp_set_num_threads(threads)
+        except Exception as exc:
+            for _, _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for row, (_, k, future) in enumerate(pending):
+            if not future.done():  # a cancelled request leaves its future done
+                future.set_result(
+                    [
+                        (int(i), float(s))
+                        for i, s in zip(ids[row, :k], scores[row, :k], strict=True)
+                        if i >= 0
+                    ]
+                )
 
     def _lexical(self, query: str, k: int) -> list[tuple[int, float]]:
         from toolservers.index import lexical_tokens
