@@ -77,12 +77,13 @@ class Corpus:
                 f"no document at {path!r}. Use list(prefix) to see paths or search(query) "
                 "to find documents."
             )
-        # The scan already refused escaping symlinks; re-check in case the tree changed since.
-        if not self._inside(self.root / normal):
-            raise ToolInputError(f"no document at {path!r}.")
         return normal
 
     def _render(self, path: str) -> str:
+        # The scan refused escaping symlinks; check again when a file is first read, in case
+        # the tree changed since (cheaper here than on every call: the text is cached).
+        if not self._inside(self.root / path):
+            raise ToolInputError(f"no document at {path!r}.")
         raw = (self.root / path).read_text(encoding="utf-8", errors="replace")
         return html_to_text(raw) if path.endswith((".html", ".htm")) else raw
 

@@ -67,8 +67,8 @@ def query_workers() -> int:
     Query batches are small (tens of queries of ~15 tokens). Several single-threaded batches
     side by side use the cores without any synchronisation, whereas one batch spread over an
     OpenMP team stalls at every barrier whenever a core is busy elsewhere (the event loop,
-    another process): on 2 shared cores, one batch on 2 threads ran at 30-50% of the speed of
-    one on a single thread. `TOOLGYM_QUERY_WORKERS` overrides.
+    another process): on 2 cores that other processes kept busy, one batch on 2 threads ran
+    at 30-50% of the speed of one batch on 1 thread. `TOOLGYM_QUERY_WORKERS` overrides.
     """
     configured = os.environ.get(QUERY_WORKERS_ENV, "").strip()
     if configured:
@@ -105,6 +105,7 @@ class QueryEncoder:
         self._waiting: dict[str, list[asyncio.Future[np.ndarray]]] = {}
         self._encoding: dict[str, list[asyncio.Future[np.ndarray]]] = {}  # in running batches
         self._running = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.batches = 0
         self.encoded = 0
@@ -117,6 +118,10 @@ class QueryEncoder:
             self.cache_hits += 1
             return cached
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop: what the last one left is not ours
+            self._loop, self._running = loop, 0
+            self._waiting.clear()
+            self._encoding.clear()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         encoding = self._encoding.get(query)
         if encoding is not None:  # a running batch holds it already: share that result
@@ -163,16 +168,16 @@ class QueryEncoder:
     ) -> None:
         self._running -= 1
         for query in queries:
-            del self._encoding[query]
-        failure: BaseException | None = None
-        if job.cancelled():
-            failure = asyncio.CancelledError()
-        elif job.exception() is not None:
-            failure = job.exception()
-        if failure is not None:  # hand the failure to every waiter, keep serving
+            self._encoding.pop(query, None)
+        failure = None if job.cancelled() else job.exception()
+        if job.cancelled() or failure is not None:  # fail every waiter, keep serving
             for waiters in futures:
                 for f in waiters:
-                    if not f.done():
+                    if f.done():
+                        continue
+                    if failure is None:
+                        f.cancel()
+                    else:
                         f.set_exception(failure)
         else:
             self.batches += 1

@@ -38,8 +38,10 @@ class Searcher:
         if self.mode.uses_dense and encoder is None:
             raise ValueError(f"{self.mode} search needs a query encoder")
         self.encoder = encoder
-        # Dense searches waiting for the next flush: (query vector, k, future of the ranking).
+        # Dense searches waiting for the next flush: (query vector, k, future of the ranking),
+        # and the event loop that flush is scheduled on.
         self._pending: list[tuple[np.ndarray, int, asyncio.Future[list[tuple[int, float]]]]] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None
 
     async def search(self, query: str, top_k: int) -> list[Hit]:
         """Best chunk of each of the `top_k` best documents, best first."""
@@ -61,13 +63,18 @@ class Searcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[tuple[int, float]]] = loop.create_future()
         self._pending.append((vector, k, future))
-        if len(self._pending) == 1:
+        if self._flush_on is not loop:
             # Runs after the callbacks already queued, e.g. the rest of this encoder batch.
-            loop.call_soon(self._flush_dense)
+            self._flush_on = loop
+            loop.call_soon(self._flush_dense, loop)
         return await future
 
-    def _flush_dense(self) -> None:
-        pending, self._pending = self._pending, []
+    def _flush_dense(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Searches left behind by an event loop that has since gone are dropped.
+        pending = [p for p in self._pending if p[2].get_loop() is loop]
+        self._pending, self._flush_on = [], None
+        if not pending:
+            return
         assert self.index.dense is not None
         try:
             vectors = np.stack([vector for vector, _, _ in pending])  # (n, dim)
