@@ -132,6 +132,8 @@ def build_index(
     model_name = dimension = kind = None
     if search.uses_dense:
         model_name = embedding_model or DEFAULT_EMBEDDING_MODEL
+        if Path(model_name).expanduser().is_dir():  # a local model: valid from any cwd
+            model_name = str(Path(model_name).expanduser().resolve())
         embedder = Embedder(model_name)
         vectors = embedder.encode(texts, progress=progress)  # (n_chunks, dim)
         dimension = embedder.dimension
