@@ -200,7 +200,7 @@ class JudgeGrader:
         )
         details: dict[str, Any] = {"judge_model": self.config.model}
         try:
-            reply = await self._complete(prompt)
+            reply = await self.ask(prompt)
         except JudgeUnavailableError as exc:
             return failure(Verdict.ERROR, f"judge unavailable: {exc}", **details)
         details["judge_reply"] = reply[:MAX_REPLY_IN_DETAILS]
@@ -211,19 +211,20 @@ class JudgeGrader:
         details["judge_reason"] = reason
         return GradeResult(score=score, verdict=verdict_for(score), details=details)
 
-    async def _complete(self, prompt: str) -> str:
+    async def ask(self, prompt: str, system: str = SYSTEM_PROMPT) -> str:
+        """The judge's reply text; JudgeUnavailableError after the retry budget."""
         if self._client is not None:
-            return await self._post_with_retries(self._client, prompt)
+            return await self._post_with_retries(self._client, prompt, system)
         timeout = httpx.Timeout(self.config.timeout_s)
         async with httpx.AsyncClient(transport=self._transport, timeout=timeout) as client:
-            return await self._post_with_retries(client, prompt)
+            return await self._post_with_retries(client, prompt, system)
 
-    async def _post_with_retries(self, client: httpx.AsyncClient, prompt: str) -> str:
+    async def _post_with_retries(self, client: httpx.AsyncClient, prompt: str, system: str) -> str:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         body = {
             "model": self.config.model,
             "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "system", "content": system},
                 {"role": "user", "content": prompt},
             ],
             "temperature": 0,

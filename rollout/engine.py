@@ -1,0 +1,206 @@
+"""The rollout engine: `group_size` episodes per row, many rows at once, written as they finish.
+
+    summary = await run_rollouts(rows, make_env, policy, RolloutSettings(group_size=8), out)
+
+`concurrency` workers each own one environment and take episodes from a shared queue in row
+order, so groups complete together. Each trajectory is appended to the output JSONL as soon
+as it is done (with a group scorer, as soon as its group is done and judged); a rerun with the
+same file skips everything already there. Failed episodes are recorded with their error; when
+more fail than the budget allows, the run stops with RolloutAbortedError, keeping what it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from rollout.errors import RolloutAbortedError, RolloutConfigError
+from rollout.play import AsyncToolEnv, EpisodeJob, episode_seed, play_episode
+from rollout.policy import Policy, SamplingParams
+from rollout.store import TrajectoryWriter, read_trajectories
+from rollout.summary import RolloutSummary, summarize
+from rollout.trajectory import Trajectory
+
+
+class RolloutSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env_id: str = "toolgym/FilingsQA-v0"
+    group_size: int = Field(default=8, ge=1)
+    concurrency: int = Field(default=64, ge=1)
+    episode_timeout_s: float = Field(default=600.0, gt=0)
+    # Failed episodes tolerated before the run stops; None = 10% of the episodes to run.
+    max_failures: int | None = Field(default=None, ge=0)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    seed: int = 0
+    group_prefix: str = ""  # e.g. "step12/" so the same row in another step is another group
+    policy_version: str | None = None  # None = whatever the policy serves now
+    progress: bool = True
+
+
+class GroupScorer(Protocol):
+    """Scores a finished group in place (e.g. RULER); called before the group is written."""
+
+    async def score_group(self, row: Any, trajectories: list[Trajectory]) -> None: ...
+
+
+class LiveStats:
+    """Running figures for the progress bar."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.rewards: list[float] = []
+        self.failed = 0
+        self.tokens = 0
+        self.finished: list[Trajectory] = []
+
+    def add(self, trajectory: Trajectory) -> None:
+        self.finished.append(trajectory)
+        self.tokens += trajectory.metrics.completion_tokens
+        if trajectory.failed:
+            self.failed += 1
+        elif trajectory.reward is not None:
+            self.rewards.append(trajectory.reward)
+
+    def postfix(self) -> dict[str, str]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        reward = statistics.fmean(self.rewards) if self.rewards else 0.0
+        return {
+            "reward": f"{reward:.3f}",
+            "ep/s": f"{len(self.finished) / elapsed:.1f}",
+            "tok/s": f"{self.tokens / elapsed:.0f}",
+            "failed": str(self.failed),
+        }
+
+
+def plan_jobs(
+    rows: Sequence[Any], settings: RolloutSettings, done: set[tuple[str, int]]
+) -> list[EpisodeJob]:
+    jobs = []
+    for row in rows:
+        group_id = f"{settings.group_prefix}{row.id}"
+        for index in range(settings.group_size):
+            if (group_id, index) not in done:
+                seed = episode_seed(settings.seed, group_id, index)
+                jobs.append(EpisodeJob(row, group_id, index, seed))
+    return jobs
+
+
+class _Run:
+    """The mutable state of one engine run, shared by its workers."""
+
+    def __init__(
+        self,
+        jobs: list[EpisodeJob],
+        policy: Policy,
+        settings: RolloutSettings,
+        writer: TrajectoryWriter,
+        scorer: GroupScorer | None,
+    ) -> None:
+        self.queue: asyncio.Queue[EpisodeJob] = asyncio.Queue()
+        for job in jobs:
+            self.queue.put_nowait(job)
+        self.policy, self.settings, self.writer, self.scorer = policy, settings, writer, scorer
+        self.budget = (
+            settings.max_failures
+            if settings.max_failures is not None
+            else max(1, math.ceil(0.1 * len(jobs)))
+        )
+        self.pending: dict[str, list[Trajectory]] = {}
+        self.expected = {j.group_id: 0 for j in jobs}
+        for job in jobs:
+            self.expected[job.group_id] += 1
+        self.stats = LiveStats()
+        self.bar = tqdm(
+            total=len(jobs), desc="rollout", unit="ep", disable=not settings.progress, leave=False
+        )
+        self._last_postfix = 0.0
+
+    async def worker(self, env: AsyncToolEnv) -> None:
+        settings = self.settings
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            trajectory = await play_episode(
+                env,
+                self.policy,
+                job,
+                env_id=settings.env_id,
+                sampling=settings.sampling,
+                policy_version=settings.policy_version,
+                timeout_s=settings.episode_timeout_s,
+            )
+            await self.finished(job, trajectory)
+
+    async def finished(self, job: EpisodeJob, trajectory: Trajectory) -> None:
+        if self.scorer is None:
+            self.writer.write(trajectory)
+        else:
+            group = self.pending.setdefault(job.group_id, [])
+            group.append(trajectory)
+            if len(group) == self.expected[job.group_id]:
+                del self.pending[job.group_id]
+                await self.scorer.score_group(job.row, group)
+                for member in sorted(group, key=lambda t: t.sample_index):
+                    self.writer.write(member)
+        self.stats.add(trajectory)
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._last_postfix > 0.5:
+            self._last_postfix = now
+            self.bar.set_postfix(self.stats.postfix(), refresh=False)
+        if self.stats.failed > self.budget:
+            last = trajectory.error.message if trajectory.error else ""
+            raise RolloutAbortedError(
+                f"{self.stats.failed} episodes failed, more than the budget of {self.budget} "
+                f"(last: {last}); what finished is in {self.writer.path}, rerun to resume"
+            )
+
+
+async def run_rollouts(
+    rows: Sequence[Any],
+    make_env: Callable[[], AsyncToolEnv],
+    policy: Policy,
+    settings: RolloutSettings,
+    out: Path,
+    *,
+    scorer: GroupScorer | None = None,
+) -> RolloutSummary:
+    """Play every (row, sample) not already in `out`; return the summary of the whole file."""
+    if not rows:
+        raise RolloutConfigError("no rows to roll out")
+    existing = read_trajectories(out).trajectories
+    foreign = {t.env_id for t in existing} - {settings.env_id}
+    if foreign:
+        raise RolloutConfigError(
+            f"{out} holds trajectories of {sorted(foreign)}, not {settings.env_id}: "
+            "resume only with the same environment, or choose another --out"
+        )
+    jobs = plan_jobs(rows, settings, {t.key for t in existing})
+    envs = [make_env() for _ in range(min(settings.concurrency, len(jobs)))]
+    with TrajectoryWriter(out) as writer:
+        run = _Run(jobs, policy, settings, writer, scorer)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for env in envs:
+                    tasks.create_task(run.worker(env))
+        except* RolloutAbortedError as group:
+            raise group.exceptions[0] from None
+        finally:
+            run.bar.close()
+            for env in envs:
+                await env.aclose()
+    wall_s = time.perf_counter() - run.stats.started
+    wanted = {f"{settings.group_prefix}{row.id}" for row in rows}
+    everything = [t for t in read_trajectories(out).trajectories if t.group_id in wanted]
+    return summarize(everything, this_run=run.stats.finished, wall_s=wall_s)

@@ -1,0 +1,92 @@
+"""Make the engine's environments from a registered id, sharing one tool client between them.
+
+Every worker needs its own environment (an environment holds one episode at a time), but they
+can share the dataset (loaded once) and the tool client's connection pool. An environment
+whose entry point does not accept a shared `tool_client` (a third-party plugin) still works:
+each instance then opens its own client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+import envs  # noqa: F401  (registers the built-in and plugin environments)
+from envs.client import ToolClient, make_tool_client
+from envs.errors import EnvConfigError
+from rollout.errors import RolloutConfigError
+from rollout.play import AsyncToolEnv
+
+
+class EnvPool:
+    """Rows of the environment's dataset and a factory of environments over them."""
+
+    def __init__(
+        self,
+        env_id: str,
+        *,
+        dataset: Path | list[Any] | None = None,
+        tools_url: str | None = None,
+        token: str | None = None,
+        transport: str | None = None,
+        asgi_app: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if env_id not in gym.registry:
+            known = ", ".join(sorted(e for e in gym.registry if e.startswith("toolgym/")))
+            raise RolloutConfigError(
+                f"no environment {env_id!r} is registered (known: {known}); see `toolgym envs list`"
+            )
+        self.env_id = env_id
+        self.kwargs: dict[str, Any] = dict(extra or {})
+        for key, value in (
+            ("dataset", str(dataset) if isinstance(dataset, Path) else dataset),
+            ("tools_url", tools_url),
+            ("token", token),
+            ("transport", transport),
+            ("asgi_app", asgi_app),
+        ):
+            if value is not None:
+                self.kwargs[key] = value
+        self.tool_client: ToolClient | None = None
+        if tools_url is not None or asgi_app is not None:
+            self.tool_client = make_tool_client(
+                tools_url, token, transport=transport or "http", asgi_app=asgi_app
+            )
+        self._shared = self.tool_client is not None
+        first = self._make()
+        self.rows: list[Any] = list(first.rows)
+        self.kwargs["dataset"] = self.rows  # later environments reuse the loaded rows
+        self._spare: list[AsyncToolEnv] = [first]
+
+    def _make(self) -> AsyncToolEnv:
+        kwargs = dict(self.kwargs)
+        if self._shared:
+            kwargs["tool_client"] = self.tool_client
+        try:
+            env = gym.make(self.env_id, disable_env_checker=True, **kwargs).unwrapped
+        except TypeError as exc:
+            if self._shared and "tool_client" in str(exc):
+                self._shared = False
+                return self._make()
+            raise RolloutConfigError(f"cannot make {self.env_id}: {exc}") from None
+        except EnvConfigError as exc:
+            raise RolloutConfigError(f"cannot make {self.env_id}: {exc}") from None
+        if not all(hasattr(env, name) for name in ("areset", "astep", "aclose", "rows")):
+            raise RolloutConfigError(
+                f"{self.env_id} is not a toolgym environment (it needs areset/astep/aclose/rows)"
+            )
+        return env  # type: ignore[return-value]
+
+    def factory(self) -> Callable[[], AsyncToolEnv]:
+        def make() -> AsyncToolEnv:
+            return self._spare.pop() if self._spare else self._make()
+
+        return make
+
+    async def aclose(self) -> None:
+        if self.tool_client is not None:
+            await self.tool_client.aclose()

@@ -1,0 +1,54 @@
+"""The policy protocol: one assistant turn from a conversation, with the exact tokens.
+
+Every backend (a vLLM/OpenAI-compatible server, a local transformers model, the fake server in
+tests) answers a `TurnRequest` with a `Turn`: the assistant message in OpenAI chat format (tool
+calls parsed) plus the token ids of the prompt the model was conditioned on, the token ids it
+produced and their logprobs, as the backend itself reported them. Nothing downstream ever
+re-tokenizes text to recover them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplingParams(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=512, ge=1)  # per turn
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    messages: list[dict[str, Any]]  # OpenAI chat messages so far
+    tools: list[dict[str, Any]]  # OpenAI function-tool specs
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    model: str | None = None  # base model or LoRA adapter name; None = the policy's current
+    seed: int | None = None  # per-request sampling seed (reproducible evals)
+
+
+@dataclass(frozen=True)
+class Turn:
+    message: dict[str, Any]  # {"role": "assistant", "content": ..., "tool_calls": [...]?}
+    prompt_ids: list[int]  # the whole prompt as the backend tokenized it
+    completion_ids: list[int]  # what the model generated, stop token included if emitted
+    logprobs: list[float]  # one per completion id, as the backend reported them
+    finish_reason: str  # "stop", "length", "tool_calls"
+    model: str  # the base model or adapter that actually served the turn
+    latency_s: float
+
+
+class Policy(Protocol):
+    """Anything that plays assistant turns; `model` names the version it serves now."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def complete(self, request: TurnRequest) -> Turn: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,96 @@
+"""Token-exact flattening, trajectory files that survive a kill, groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rollout.errors import RolloutConfigError
+from rollout.store import TrajectoryWriter, read_groups, read_trajectories
+from rollout.trajectory import Trajectory, TurnTokens, token_segments
+
+
+def turn(prompt: list[int], completion: list[int]) -> TurnTokens:
+    return TurnTokens(
+        prompt_ids=prompt,
+        completion_ids=completion,
+        logprobs=[-0.5 - i for i in range(len(completion))],
+        finish_reason="stop",
+        model="m",
+        latency_s=0.1,
+    )
+
+
+def trajectory(group: str, index: int, reward: float | None = 1.0) -> Trajectory:
+    return Trajectory(
+        row_id=group,
+        group_id=group,
+        sample_index=index,
+        env_id="toolgym/FilingsQA-v0",
+        policy_version="base",
+        messages=[{"role": "user", "content": "q"}],
+        turns=[turn([1, 2], [3, 4])],
+        reward=reward,
+    )
+
+
+def test_turns_that_extend_each_other_make_one_sequence() -> None:
+    turns = [turn([1, 2, 3], [10, 11]), turn([1, 2, 3, 10, 11, 20, 21], [12])]
+    segments, mismatches = token_segments(turns)
+    assert mismatches == 0
+    assert len(segments) == 1
+    (seq,) = segments
+    assert seq.ids == [1, 2, 3, 10, 11, 20, 21, 12]
+    assert seq.mask == [0, 0, 0, 1, 1, 0, 0, 1]
+    assert seq.logprobs == [0.0, 0.0, 0.0, -0.5, -1.5, 0.0, 0.0, -0.5]
+    assert seq.prompt_length == 3
+
+
+def test_a_re_rendered_prompt_starts_a_new_segment_and_is_counted() -> None:
+    # The second prompt renders the first completion as [10, 99]: not what was generated.
+    turns = [turn([1, 2], [10, 11]), turn([1, 2, 10, 99, 20], [12, 13])]
+    segments, mismatches = token_segments(turns)
+    assert mismatches == 1
+    assert [s.ids for s in segments] == [[1, 2, 10, 11], [1, 2, 10, 99, 20, 12, 13]]
+    assert [s.mask for s in segments] == [[0, 0, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
+    # Every generated token is trained on exactly once.
+    generated = [i for s in segments for i, m in zip(s.ids, s.mask, strict=True) if m]
+    assert generated == [10, 11, 12, 13]
+
+
+def test_writer_cuts_a_torn_last_line_and_readers_skip_it(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    with TrajectoryWriter(out) as writer:
+        writer.write(trajectory("a", 0))
+        writer.write(trajectory("a", 1))
+    with out.open("a") as handle:
+        handle.write('{"row_id": "a", "group_id": "a", "sample_ind')  # killed mid-write
+    read = read_trajectories(out)
+    assert read.partial_tail
+    assert [t.key for t in read.trajectories] == [("a", 0), ("a", 1)]
+    with TrajectoryWriter(out) as writer:
+        writer.write(trajectory("a", 2))
+    read = read_trajectories(out)
+    assert not read.partial_tail
+    assert [t.key for t in read.trajectories] == [("a", 0), ("a", 1), ("a", 2)]
+
+
+def test_a_corrupt_line_in_the_middle_is_an_error_with_its_line(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    out.write_text(trajectory("a", 0).model_dump_json() + "\nnot json\n")
+    with pytest.raises(RolloutConfigError, match=r"t\.jsonl:2"):
+        read_trajectories(out)
+
+
+def test_groups_and_their_signal(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    with TrajectoryWriter(out) as writer:
+        for index, reward in enumerate([1.0, 0.0, None]):
+            writer.write(trajectory("mixed", index, reward))
+        for index in range(3):
+            writer.write(trajectory("flat", index, 1.0))
+    groups = {g.group_id: g for g in read_groups(out)}
+    assert groups["mixed"].rewards == [1.0, 0.0]
+    assert groups["mixed"].has_signal
+    assert not groups["flat"].has_signal
