@@ -38,7 +38,6 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         count_tokens: Callable[[str], int] = approximate_tokens,
         render_mode: str | None = None,
-        owns_client: bool = True,
     ) -> None:
         if not rows:
             raise EnvConfigError("the environment needs at least one dataset row")
@@ -49,8 +48,6 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
         # connection pools are bound to one loop.
         self._client_factory = client_factory
         self._client: ToolClient | None = None
-        # A client handed in by the caller (shared by many environments) is the caller's to close.
-        self._owns_client = owns_client
         self.limits = limits or Limits()
         self.system_prompt = system_prompt
         self.count_tokens = count_tokens
@@ -110,8 +107,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            if self._owns_client:
-                await client.aclose()
+            await client.aclose()
 
     # ---- sync face (Gymnasium) ----
 
@@ -160,34 +156,22 @@ def make_tool_env(
     *,
     transport: str = "http",
     asgi_app: Any = None,
-    tool_client: ToolClient | None = None,
     grader: EpisodeGrader | dict[str, Any] | None = None,
     limits: Limits | dict[str, Any] | None = None,
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     render_mode: str | None = None,
 ) -> ToolEnv:
-    """The entry point behind the registered ids: kwargs in, a ready environment out.
-
-    `tool_client` lets a caller running many environments (the rollout engine) share one
-    client and its connection pool; the environment then never closes it.
-    """
+    """The entry point behind the registered ids: kwargs in, a ready environment out."""
     from envs.grading import episode_grader
 
     rows = load_dataset_rows(dataset)
     if isinstance(limits, dict):
         limits = Limits(**limits)
-
-    def client_factory() -> ToolClient:
-        if tool_client is not None:
-            return tool_client
-        return make_tool_client(tools_url, token, transport=transport, asgi_app=asgi_app)
-
     return ToolEnv(
         rows,
         episode_grader(grader),
-        client_factory,
+        lambda: make_tool_client(tools_url, token, transport=transport, asgi_app=asgi_app),
         limits=limits,
         system_prompt=system_prompt,
         render_mode=render_mode,
-        owns_client=tool_client is None,
     )

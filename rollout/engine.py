@@ -202,5 +202,5 @@ async def run_rollouts(
                 await env.aclose()
     wall_s = time.perf_counter() - run.stats.started
     wanted = {f"{settings.group_prefix}{row.id}" for row in rows}
-    everything = [t for t in read_trajectories(out).trajectories if t.group_id in wanted]
+    everything = [t for t in existing if t.group_id in wanted] + run.stats.finished
     return summarize(everything, this_run=run.stats.finished, wall_s=wall_s)

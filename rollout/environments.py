@@ -1,9 +1,9 @@
-"""Make the engine's environments from a registered id, sharing one tool client between them.
+"""Make the engine's environments from a registered id, the dataset loaded once.
 
-Every worker needs its own environment (an environment holds one episode at a time), but they
-can share the dataset (loaded once) and the tool client's connection pool. An environment
-whose entry point does not accept a shared `tool_client` (a third-party plugin) still works:
-each instance then opens its own client.
+Every worker needs its own environment (an environment holds one episode at a time), and each
+keeps its own tool client: one keep-alive connection per worker. A shared client would not
+save connections and costs more: httpx's pool scans every connection for every request, and
+an MCP session runs its calls one after another.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import gymnasium as gym
 
 import envs  # noqa: F401  (registers the built-in and plugin environments)
-from envs.client import ToolClient, make_tool_client
 from envs.errors import EnvConfigError
 from rollout.errors import RolloutConfigError
 from rollout.play import AsyncToolEnv
@@ -51,29 +50,15 @@ class EnvPool:
         ):
             if value is not None:
                 self.kwargs[key] = value
-        self.tool_client: ToolClient | None = None
-        if tools_url is not None or asgi_app is not None:
-            self.tool_client = make_tool_client(
-                tools_url, token, transport=transport or "http", asgi_app=asgi_app
-            )
-        self._shared = self.tool_client is not None
         first = self._make()
         self.rows: list[Any] = list(first.rows)
         self.kwargs["dataset"] = self.rows  # later environments reuse the loaded rows
         self._spare: list[AsyncToolEnv] = [first]
 
     def _make(self) -> AsyncToolEnv:
-        kwargs = dict(self.kwargs)
-        if self._shared:
-            kwargs["tool_client"] = self.tool_client
         try:
-            env = gym.make(self.env_id, disable_env_checker=True, **kwargs).unwrapped
-        except TypeError as exc:
-            if self._shared and "tool_client" in str(exc):
-                self._shared = False
-                return self._make()
-            raise RolloutConfigError(f"cannot make {self.env_id}: {exc}") from None
-        except EnvConfigError as exc:
+            env = gym.make(self.env_id, disable_env_checker=True, **self.kwargs).unwrapped
+        except (TypeError, EnvConfigError) as exc:
             raise RolloutConfigError(f"cannot make {self.env_id}: {exc}") from None
         if not all(hasattr(env, name) for name in ("areset", "astep", "aclose", "rows")):
             raise RolloutConfigError(
@@ -88,5 +73,6 @@ class EnvPool:
         return make
 
     async def aclose(self) -> None:
-        if self.tool_client is not None:
-            await self.tool_client.aclose()
+        """Close the spare environment (the engine closes the ones it took)."""
+        while self._spare:
+            await self._spare.pop().aclose()

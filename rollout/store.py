@@ -7,7 +7,6 @@ line anywhere else is corruption and is reported with its line number, not skipp
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,7 @@ class TrajectoryWriter:
 
     def write(self, trajectory: Trajectory) -> None:
         # One write call per line, then flush: a kill can cut at most the line in flight.
-        self._file.write(json.dumps(trajectory.model_dump(mode="json"), ensure_ascii=False) + "\n")
+        self._file.write(trajectory.model_dump_json() + "\n")
         self._file.flush()
 
     def close(self) -> None:

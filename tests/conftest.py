@@ -6,19 +6,14 @@ from the corpus itself, and servers run for real on 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
-from starlette.types import ASGIApp
 
+from testkit import TOKENS, LiveServer, start_server
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.index import SearchMode, build_index
@@ -30,8 +25,6 @@ from toolservers.tools import Toolbox
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-TOKENS = ("token-current-0123456789", "token-previous-abcdefghij")
 
 
 @pytest.fixture(scope="session")
@@ -70,41 +63,6 @@ def small_corpus(corpus_dir: Path, tmp_path: Path) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_server(app: ASGIApp) -> LiveServer:
-    """Run `app` under a real uvicorn on 127.0.0.1 in a background thread."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            break
-        if not thread.is_alive():
-            raise RuntimeError("server thread died at start-up")
-        threading.Event().wait(0.025)
-    else:
-        raise RuntimeError("server did not start")
-    return LiveServer(url=f"http://127.0.0.1:{port}", server=server, thread=thread)
-
-
 @pytest.fixture(scope="session")
 def http_server(toolbox: Toolbox) -> Iterator[LiveServer]:
     live = start_server(create_http_app(toolbox, TokenSet(TOKENS)))
@@ -117,7 +75,3 @@ def mcp_server(toolbox: Toolbox) -> Iterator[LiveServer]:
     live = start_server(create_mcp_app(toolbox, TokenSet(TOKENS)))
     yield live
     live.stop()
-
-
-def auth(token: str = TOKENS[0]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import free_port
+from testkit import free_port
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
 

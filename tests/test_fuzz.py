@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from conftest import TOKENS, auth
+from testkit import TOKENS, auth
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.tools import Toolbox

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TOKENS, LiveServer, auth
+from testkit import TOKENS, LiveServer, auth
 from toolservers.corpus import Corpus
 from toolservers.synth import load_facts
 from toolservers.tools import DEFAULT_READ_BUDGET

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
-from conftest import TOKENS, LiveServer, auth
+from testkit import TOKENS, LiveServer, auth
 
 SAME_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("search", {"query": "Henderson Holdings net income 2025", "top_k": 4}),

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from envs import cli as envs_cli
+from rollout import cli as rollout_cli
 from toolservers import cli as toolservers_cli
 
 
@@ -16,19 +17,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="<verb>")
     toolservers_cli.add_commands(sub)
     envs_cli.add_commands(sub)
+    rollout_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; known failures print one line (no traceback) and exit 2."""
     from envs.errors import EnvError
+    from rollout.errors import RolloutError
     from toolservers.errors import ToolServerError
     from toolservers.serve import StartupRefusedError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ToolServerError, EnvError, StartupRefusedError, FileNotFoundError) as exc:
+    except (ToolServerError, EnvError, RolloutError, StartupRefusedError, FileNotFoundError) as exc:
         print(f"toolgym: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

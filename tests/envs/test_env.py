@@ -14,11 +14,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
-from conftest import TOKENS, LiveServer, free_port, start_server
 from envs.data.build import build_dataset
 from envs.data.oracle import oracle_answer_from_texts, oracle_plan
 from envs.data.rows import Row, load_rows
 from envs.tool_env import ToolEnv, make_tool_env
+from testkit import TOKENS, LiveServer, free_port, start_server
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.tools import Toolbox

@@ -13,9 +13,9 @@ import gymnasium as gym
 import pytest
 
 import envs
-from conftest import TOKENS, LiveServer
 from envs.data.build import build_dataset
 from envs.errors import EnvConfigError
+from testkit import TOKENS, LiveServer
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
 

@@ -9,9 +9,9 @@ import gymnasium as gym
 import pytest
 
 import envs  # noqa: F401  (registers the environments)
-from conftest import TOKENS
 from envs.data.rows import load_rows
 from envs.data.tatqa import import_tatqa
+from testkit import TOKENS
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.index import SearchMode, build_index

@@ -1,0 +1,192 @@
+"""`toolgym rollout`, `prior-check` and `vllm serve`: parse, compose, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rollout.engine import GroupScorer, RolloutSettings, run_rollouts
+from rollout.errors import RolloutConfigError
+from rollout.policy import Policy, SamplingParams
+from rollout.summary import RolloutSummary
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("policy")
+    group.add_argument(
+        "--policy",
+        choices=["vllm", "local"],
+        default="vllm",
+        help="vllm: any OpenAI-compatible server (vLLM 0.33 for token ids); "
+        "local: a transformers model in this process",
+    )
+    group.add_argument(
+        "--base-url",
+        action="append",
+        default=None,
+        help="policy server URL; repeat for several (least-outstanding-requests balancing)",
+    )
+    group.add_argument(
+        "--model", required=True, help="served model or LoRA adapter name; with local: a path"
+    )
+    group.add_argument("--adapter", type=Path, help="local policy: a PEFT adapter to load")
+    group.add_argument("--device", default="cpu", help="local policy: torch device")
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top-p", type=float, default=1.0)
+    group.add_argument("--max-tokens", type=int, default=512, help="per turn")
+    group.add_argument("--request-timeout", type=float, default=120.0, help="seconds per call")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", default="toolgym/FilingsQA-v0", help="registered environment id")
+    parser.add_argument("--dataset", type=Path, help="rows JSONL (else the environment's own)")
+    parser.add_argument("--tools-url", help="tool server URL (token from TOOL_BEARER)")
+    parser.add_argument("--transport", choices=["http", "mcp"], default=None)
+    parser.add_argument("--concurrency", type=int, default=64, help="episodes at once")
+    parser.add_argument("--episode-timeout", type=float, default=600.0, help="seconds")
+    parser.add_argument("--max-failures", type=int, default=None, help="default: 10%% of runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    add_policy_arguments(parser)
+
+
+def add_commands(sub: Any) -> None:
+    rollout = sub.add_parser("rollout", help="play N episodes per row against a policy")
+    add_run_arguments(rollout)
+    rollout.add_argument("--group-size", type=int, default=8, help="episodes per row")
+    rollout.add_argument("--limit", type=int, help="only the first K rows")
+    rollout.add_argument("--out", type=Path, required=True, help="trajectories JSONL (resumes)")
+    judge = rollout.add_argument_group("RULER (an LLM judge scoring each group)")
+    judge.add_argument("--ruler-model", help="judge model name; enables RULER")
+    judge.add_argument("--ruler-base-url", help="judge server (default: the first --base-url)")
+    judge.add_argument("--ruler-weight", type=float, default=1.0, help="0 grader .. 1 judge")
+    judge.add_argument("--ruler-cache", type=Path, help="JSONL cache of judge replies")
+    rollout.set_defaults(func=cmd_rollout)
+
+    check = sub.add_parser(
+        "prior-check", help="K rows x N attempts: does the policy sometimes succeed?"
+    )
+    add_run_arguments(check)
+    check.add_argument("--rows", type=int, default=32, help="rows sampled (K)")
+    check.add_argument("--attempts", type=int, default=8, help="attempts per row (N)")
+    check.add_argument("--threshold", type=float, default=0.5, help="reward counted a success")
+    check.add_argument("--out", type=Path, help="keep the trajectories here")
+    check.set_defaults(func=cmd_prior_check)
+
+    from rollout.vllm_cli import add_vllm_commands
+
+    add_vllm_commands(sub)
+
+
+def make_policy(args: argparse.Namespace) -> Policy:
+    if args.policy == "local":
+        from rollout.local_policy import LocalPolicy
+
+        if args.base_url:
+            raise RolloutConfigError("--base-url is for --policy vllm; local needs --model PATH")
+        return LocalPolicy.from_pretrained(
+            Path(args.model), device=args.device, adapter_path=args.adapter
+        )
+    from rollout.openai_policy import OpenAIPolicy
+
+    if not args.base_url:
+        raise RolloutConfigError(
+            "--base-url is required with --policy vllm (e.g. http://127.0.0.1:8000/v1); "
+            "start a server with `toolgym vllm serve --model ...`"
+        )
+    return OpenAIPolicy(args.base_url, args.model, timeout_s=args.request_timeout)
+
+
+def make_scorer(args: argparse.Namespace) -> GroupScorer | None:
+    if not getattr(args, "ruler_model", None):
+        return None
+    from envs.graders.judge import JudgeConfig
+    from rollout.ruler import RulerConfig, RulerScorer
+
+    base_url = args.ruler_base_url or (args.base_url or [None])[0]
+    if not base_url:
+        raise RolloutConfigError("--ruler-model needs --ruler-base-url (the judge's server)")
+    if not base_url.rstrip("/").endswith("/v1"):
+        base_url = base_url.rstrip("/") + "/v1"
+    config = RulerConfig(
+        judge=JudgeConfig(base_url=base_url, model=args.ruler_model),
+        weight=args.ruler_weight,
+        cache_path=args.ruler_cache,
+    )
+    return RulerScorer(config)
+
+
+def settings_from(args: argparse.Namespace, group_size: int) -> RolloutSettings:
+    try:
+        sampling = SamplingParams(
+            temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens
+        )
+        return RolloutSettings(
+            env_id=args.env,
+            group_size=group_size,
+            concurrency=args.concurrency,
+            episode_timeout_s=args.episode_timeout,
+            max_failures=args.max_failures,
+            sampling=sampling,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:
+        raise RolloutConfigError(f"bad setting: {exc}") from None
+
+
+async def _rollout(
+    args: argparse.Namespace, group_size: int, out: Path, pick: Any
+) -> RolloutSummary:
+    from rollout.environments import EnvPool
+
+    settings = settings_from(args, group_size)
+    pool = EnvPool(
+        args.env,
+        dataset=args.dataset,
+        tools_url=args.tools_url,
+        transport=args.transport,
+    )
+    policy = make_policy(args)
+    try:
+        rows = pick(pool.rows)
+        return await run_rollouts(
+            rows, pool.factory(), policy, settings, out, scorer=make_scorer(args)
+        )
+    finally:
+        await policy.aclose()
+        await pool.aclose()
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    def pick(rows: list[Any]) -> list[Any]:
+        return rows[: args.limit] if args.limit else rows
+
+    summary = asyncio.run(_rollout(args, args.group_size, args.out, pick))
+    summary_path = args.out.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
+    print(summary.table())
+    print(f"trajectories: {args.out}\nsummary: {summary_path}")
+    return 0
+
+
+def cmd_prior_check(args: argparse.Namespace) -> int:
+    from rollout.prior_check import prior_check
+    from rollout.store import read_groups
+
+    def pick(rows: list[Any]) -> list[Any]:
+        return random.Random(args.seed).sample(rows, min(args.rows, len(rows)))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = args.out or Path(scratch) / "prior-check.jsonl"
+        summary = asyncio.run(_rollout(args, args.attempts, out, pick))
+        result = prior_check(read_groups(out), success_threshold=args.threshold)
+    print(summary.table())
+    print()
+    print(result.report())
+    return 0 if result.learnable else 1

@@ -1,0 +1,307 @@
+"""`OpenAIPolicy`: the Policy protocol over HTTP, for vLLM 0.33 or any OpenAI-compatible server.
+
+It asks for the exact tokens (`"return_token_ids": true`, `"logprobs": true`) and records them
+as served: nothing is re-tokenized. Transient trouble (connection errors, timeouts, 429, 5xx)
+is retried with exponential backoff, preferably on another server; a refusal (other 4xx, such
+as an unknown model or adapter name) is raised at once, since repeating it cannot help.
+Several servers share the load by least outstanding requests: each request goes to the server
+with the fewest in flight (ties round-robin), and a server that just failed sits out a short,
+growing cool-down, so a dead replica is soon avoided instead of costing every request a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from envs.client import shared_ssl_context
+from rollout.errors import (
+    PolicyError,
+    PolicyRequestError,
+    PolicyTimeoutError,
+    PolicyUnavailableError,
+    RolloutConfigError,
+    TokenIdsMissingError,
+)
+from rollout.policy import Turn, TurnRequest
+
+API_KEY_ENV = "VLLM_API_KEY"
+_MAX_COOLDOWN_S = 60.0
+_CONNECTIONS_PER_POOL = 8
+
+
+def normalise_base_url(url: str) -> str:
+    """`http://host:8000`, `http://host:8000/` and `http://host:8000/v1` all mean one server."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    if not url.startswith(("http://", "https://")):
+        raise RolloutConfigError(f"policy URL {url!r} must start with http:// or https://")
+    return url
+
+
+@dataclass
+class _Pool:
+    http: httpx.AsyncClient
+    in_flight: int = 0
+
+
+@dataclass
+class _Backend:
+    url: str
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    cooldown_until: float = 0.0  # monotonic time
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """Why one attempt failed; `timeout` decides which error the exhausted budget raises."""
+
+    url: str
+    text: str
+    timeout: bool = False
+
+
+def server_message(response: httpx.Response) -> str:
+    """The server's own error text: vLLM's {"error": {"message"}}, FastAPI's detail, or text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for key in ("error", "message", "detail"):
+            if body.get(key):
+                return str(body[key])
+    return str(body)[:500]
+
+
+class OpenAIPolicy:
+    """Plays assistant turns through `POST /v1/chat/completions` on one or several servers."""
+
+    def __init__(
+        self,
+        base_urls: str | Sequence[str],
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        max_connections: int = 256,
+        cooldown_s: float = 2.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise RolloutConfigError("OpenAIPolicy needs at least one base URL")
+        if attempts < 1 or timeout_s <= 0:
+            raise RolloutConfigError("attempts must be >= 1 and timeout_s > 0")
+        self._backends = [_Backend(normalise_base_url(url)) for url in urls]
+        self._model = model
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.cooldown_s = cooldown_s
+        self._next = 0  # round-robin cursor for ties
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        # httpx's pool scans all its connections for every request (quadratic under load), so
+        # many small pools, each request on the least busy, keep the client's CPU per call flat.
+        shards = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
+        per_pool = math.ceil(max_connections / shards)
+        self._pools = [
+            _Pool(
+                httpx.AsyncClient(
+                    headers={"Authorization": f"Bearer {key}"} if key else {},
+                    timeout=timeout_s,
+                    limits=httpx.Limits(
+                        max_connections=per_pool, max_keepalive_connections=per_pool
+                    ),
+                    transport=transport,
+                    verify=shared_ssl_context(),
+                )
+            )
+            for _ in range(shards)
+        ]
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def set_model(self, name: str) -> None:
+        """Route later requests to `name` (a newly published LoRA adapter, or the base)."""
+        self._model = name
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [backend.url for backend in self._backends]
+
+    def in_flight(self) -> dict[str, int]:
+        return {backend.url: backend.in_flight for backend in self._backends}
+
+    def _pick(self, avoid: set[str]) -> _Backend:
+        """Fewest in flight among servers not cooling down (and not yet tried by this request
+        when another is available); ties go round-robin."""
+        now = time.monotonic()
+        pool = [b for b in self._backends if b.url not in avoid] or self._backends
+        healthy = [b for b in pool if b.cooldown_until <= now]
+        if not healthy:  # every candidate failed recently: take the one that recovers first
+            healthy = [min(pool, key=lambda b: b.cooldown_until)]
+        least = min(b.in_flight for b in healthy)
+        tied = [b for b in healthy if b.in_flight == least]
+        chosen = tied[self._next % len(tied)]
+        self._next += 1
+        return chosen
+
+    def _failed(self, backend: _Backend) -> None:
+        backend.failures += 1
+        cooldown = min(_MAX_COOLDOWN_S, self.cooldown_s * 2 ** (backend.failures - 1))
+        backend.cooldown_until = time.monotonic() + cooldown
+
+    def _payload(self, request: TurnRequest) -> dict[str, Any]:
+        sampling = request.sampling
+        payload: dict[str, Any] = {
+            "model": request.model or self._model,
+            "messages": request.messages,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "logprobs": True,
+            "return_token_ids": True,
+            "stream": False,
+        }
+        if request.tools:
+            payload["tools"] = request.tools
+            payload["tool_choice"] = "auto"
+        if request.seed is not None:
+            payload["seed"] = request.seed
+        return payload
+
+    async def _attempt(
+        self, backend: _Backend, payload: dict[str, Any]
+    ) -> httpx.Response | _Problem:
+        """One try: the response (2xx or a refusal), or the transient problem."""
+        url = backend.url
+        backend.in_flight += 1
+        try:
+            pool = min(self._pools, key=lambda p: p.in_flight)
+            pool.in_flight += 1
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    response = await pool.http.post(f"{url}/v1/chat/completions", json=payload)
+            finally:
+                pool.in_flight -= 1
+        except (TimeoutError, httpx.TimeoutException):
+            return _Problem(url, f"no reply within {self.timeout_s:g} s", timeout=True)
+        except httpx.TransportError as exc:
+            return _Problem(url, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        finally:
+            backend.in_flight -= 1
+        if response.status_code == 429 or response.status_code >= 500:
+            return _Problem(url, f"HTTP {response.status_code}: {server_message(response)}")
+        return response
+
+    async def complete(self, request: TurnRequest) -> Turn:
+        payload = self._payload(request)
+        started = time.perf_counter()
+        tried: set[str] = set()
+        problem: _Problem | None = None
+        delay = self.backoff_s
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
+            backend = self._pick(tried)
+            tried.add(backend.url)
+            outcome = await self._attempt(backend, payload)
+            if isinstance(outcome, _Problem):
+                problem = outcome
+                self._failed(backend)
+                continue
+            backend.failures, backend.cooldown_until = 0, 0.0
+            if outcome.status_code >= 400:
+                raise PolicyRequestError(
+                    f"policy server {backend.url} refused the request for model "
+                    f"{payload['model']!r} (HTTP {outcome.status_code}): {server_message(outcome)}"
+                )
+            return parse_turn(outcome, backend.url, time.perf_counter() - started)
+        assert problem is not None
+        error = PolicyTimeoutError if problem.timeout else PolicyUnavailableError
+        raise error(
+            f"policy server {problem.url} failed after {self.attempts} attempt(s) "
+            f"(servers tried: {', '.join(sorted(tried))}); last problem: {problem.text}"
+        )
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.http.aclose()
+
+
+def _tool_call(raw: Any) -> dict[str, Any]:
+    """One tool call in OpenAI shape, arguments as a JSON string."""
+    function = raw.get("function") if isinstance(raw, dict) else None
+    if not isinstance(function, dict):
+        raise ValueError(f"malformed tool call {raw!r}")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return {
+        "id": str(raw.get("id") or ""),
+        "type": "function",
+        "function": {"name": str(function.get("name") or ""), "arguments": arguments},
+    }
+
+
+def parse_turn(response: httpx.Response, url: str, latency_s: float) -> Turn:
+    """The Turn from a chat.completion body; token ids and logprobs exactly as served."""
+    try:
+        body = response.json()
+        choice = body["choices"][0]
+        message = choice["message"]
+        tool_calls = [_tool_call(raw) for raw in message.get("tool_calls") or []]
+        served_model = str(body.get("model") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise PolicyError(f"policy server {url} sent an unreadable completion: {exc!r}") from None
+    prompt_ids, completion_ids = body.get("prompt_token_ids"), choice.get("token_ids")
+    if not isinstance(prompt_ids, list) or not isinstance(completion_ids, list):
+        raise TokenIdsMissingError(
+            f"policy server {url} returned no token ids (prompt_token_ids / choices[0].token_ids)"
+            ": it must honour the request field `return_token_ids` (vLLM 0.10.2 or newer; this "
+            "project targets vLLM 0.33, started by `toolgym vllm serve`)"
+        )
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    logprobs = [
+        float(entry["logprob"])
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("logprob"), int | float)
+    ]
+    if len(logprobs) != len(completion_ids) or len(entries) != len(completion_ids):
+        raise TokenIdsMissingError(
+            f"policy server {url} returned {len(logprobs)} logprobs for {len(completion_ids)} "
+            "completion token ids: it must honour `logprobs: true` with one entry per token "
+            "(vLLM 0.33 started with --max-logprobs >= 0, as `toolgym vllm serve` does)"
+        )
+    content = message.get("content")
+    turn_message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+    if tool_calls:
+        turn_message["tool_calls"] = tool_calls
+    return Turn(
+        message=turn_message,
+        prompt_ids=prompt_ids,  # JSON integers as served; TurnTokens validates them
+        completion_ids=completion_ids,
+        logprobs=logprobs,
+        finish_reason=str(choice.get("finish_reason") or "stop"),
+        model=served_model,
+        latency_s=latency_s,
+    )

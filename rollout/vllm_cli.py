@@ -1,0 +1,124 @@
+"""`toolgym vllm serve`: start vLLM for rollouts with the flags they need, wait until Ctrl-C.
+
+Errors raise rollout.errors exceptions; the main CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rollout.errors import LaunchError, RolloutConfigError, RolloutError
+from rollout.vllm import (
+    RUNTIME_LORA_ENV,
+    VllmServeConfig,
+    launch,
+    redacted,
+    vllm_command,
+)
+
+
+def add_vllm_commands(sub: argparse._SubParsersAction) -> None:
+    vllm = sub.add_parser("vllm", help="the vLLM inference server (runs in its own process)")
+    actions = vllm.add_subparsers(dest="action", required=True)
+    serve = actions.add_parser("serve", help="start vLLM with tool calling, logprobs and LoRA")
+    serve.add_argument("--model", required=True, help="HF model id or local path")
+    serve.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an adapter to serve from the start (repeatable)",
+    )
+    serve.add_argument("--lora-rank", type=int, default=None, help="PEFT rank (rounded up)")
+    serve.add_argument("--max-loras", type=int, default=2)
+    serve.add_argument(
+        "--enable-lora", action="store_true", help="LoRA on with no adapter yet (publish later)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None)
+    serve.add_argument("--max-model-len", type=int, default=None)
+    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    runner = serve.add_mutually_exclusive_group()
+    runner.add_argument("--vllm-bin", default="vllm", help="the `vllm` of vLLM's own venv")
+    runner.add_argument("--docker", default=None, metavar="IMAGE", help="e.g. vllm/vllm-openai")
+    serve.add_argument("--tool-call-parser", default=None, help="default: from the model name")
+    serve.add_argument(
+        "--extra-arg", action="append", default=[], help="passed to vllm serve (repeatable)"
+    )
+    serve.add_argument("--log", type=Path, default=Path("vllm.log"))
+    serve.add_argument("--health-timeout", type=float, default=900.0, metavar="S")
+    serve.add_argument("--dry-run", action="store_true", help="print the command and env, exit")
+    serve.set_defaults(func=cmd_vllm_serve)
+
+
+def _lora_modules(items: list[str]) -> dict[str, str]:
+    modules: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise RolloutConfigError(f"--lora takes NAME=PATH, not {item!r}")
+        modules[name] = path
+    return modules
+
+
+def serve_config(args: argparse.Namespace) -> VllmServeConfig:
+    return VllmServeConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        tool_call_parser=args.tool_call_parser,
+        enable_lora=args.enable_lora,
+        lora_modules=_lora_modules(args.lora),
+        lora_rank=args.lora_rank,
+        max_loras=args.max_loras,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        extra_args=args.extra_arg,
+        vllm_bin=args.vllm_bin,
+        docker_image=args.docker,
+    )
+
+
+def cmd_vllm_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    if args.dry_run:
+        print(f"{RUNTIME_LORA_ENV}=1")
+        print(" ".join(redacted(vllm_command(config))))
+        return 0
+    print(f"starting vLLM (log: {args.log}) ...", flush=True)
+    server = launch(config, args.log, health_timeout_s=args.health_timeout)
+    print(f"vLLM is healthy at {server.url} (serving {args.served_model_name or args.model})")
+    print("press Ctrl-C to stop", flush=True)
+    try:
+        while server.running():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping vLLM ...", flush=True)
+        server.stop()
+        return 0
+    raise LaunchError(
+        f"vLLM exited on its own with code {server.process.returncode}; see {args.log}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (`python -m rollout.vllm_cli vllm serve ...`), errors as one line."""
+    parser = argparse.ArgumentParser(prog="toolgym")
+    add_vllm_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RolloutError, ValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

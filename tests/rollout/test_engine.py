@@ -1,0 +1,268 @@
+"""The rollout engine end to end: the fake vLLM server, a real tool server over HTTP, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _servers import FakeServer
+from _servers import fake_vllm as serve_fake
+
+from envs.data.build import build_dataset
+from envs.data.rows import Row, load_rows
+from rollout.engine import RolloutSettings, run_rollouts
+from rollout.environments import EnvPool
+from rollout.errors import RolloutAbortedError
+from rollout.fake_vllm import DEFAULT_MODEL as MODEL
+from rollout.fake_vllm import encode, render_prompt
+from rollout.openai_policy import OpenAIPolicy
+from rollout.policy import SamplingParams
+from rollout.store import read_trajectories
+from rollout.summary import RolloutSummary
+from testkit import TOKENS, LiveServer, start_server
+from toolservers.auth import TokenSet
+from toolservers.http_app import create_http_app
+from toolservers.tools import Toolbox
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def rows(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
+    out = tmp_path_factory.mktemp("rollout-data")
+    build_dataset(corpus_dir, out, seed=0)
+    return list(load_rows(out / "val.jsonl"))
+
+
+@pytest.fixture
+def fake_vllm() -> Iterator[FakeServer]:
+    with serve_fake() as server:
+        yield server
+
+
+def rollout(
+    rows: list[Row],
+    tools_url: str,
+    policy: OpenAIPolicy,
+    out: Path,
+    **settings: Any,
+) -> RolloutSummary:
+    async def go() -> RolloutSummary:
+        pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools_url, token=TOKENS[0])
+        try:
+            return await run_rollouts(
+                pool.rows,
+                pool.factory(),
+                policy,
+                RolloutSettings(progress=False, **settings),
+                out,
+            )
+        finally:
+            await policy.aclose()
+            await pool.aclose()
+
+    return asyncio.run(go())
+
+
+def test_groups_are_recorded_token_exact(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "t.jsonl"
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=10)
+    summary = rollout(rows[:5], http_server.url, policy, out, group_size=3, concurrency=4)
+    trajectories = read_trajectories(out).trajectories
+    assert len(trajectories) == 15 == summary.episodes == summary.scored
+    assert {t.group_id for t in trajectories} == {r.id for r in rows[:5]}
+    assert summary.token_mismatches == 0
+    for trajectory in trajectories:
+        assert trajectory.reward is not None and trajectory.error is None
+        assert trajectory.metrics.tool_calls == 2  # the fake agent searches, then reads
+        assert len(trajectory.turns) == 3
+        # Each turn's prompt ids are the server's rendering of exactly the messages sent.
+        assistant_at = [i for i, m in enumerate(trajectory.messages) if m["role"] == "assistant"]
+        tools = json.loads(json.dumps(_tool_specs(http_server)))
+        for turn, index in zip(trajectory.turns, assistant_at, strict=True):
+            assert turn.prompt_ids == encode(render_prompt(trajectory.messages[:index], tools))
+            assert len(turn.logprobs) == len(turn.completion_ids)
+        (segment,) = trajectory.segments()
+        generated = [i for i, m in zip(segment.ids, segment.mask, strict=True) if m]
+        assert generated == [i for t in trajectory.turns for i in t.completion_ids]
+        assert segment.ids[: len(segment.ids)] == trajectory.turns[-1].prompt_ids + list(
+            trajectory.turns[-1].completion_ids
+        )
+    seeds = {t.seed for t in trajectories}
+    assert len(seeds) == 15  # every episode has its own sampling seed
+
+
+def _tool_specs(server: LiveServer) -> Any:
+    import httpx
+
+    response = httpx.get(f"{server.url}/tools", headers={"Authorization": f"Bearer {TOKENS[0]}"})
+    return response.json()
+
+
+def test_503s_and_a_hung_request_are_retried(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    fake_vllm.faults.fail_next(2, status=503)
+    fake_vllm.faults.hang_next(1)
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=1.0, backoff_s=0.01)
+    summary = rollout(rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=2)
+    assert summary.failed == 0 and summary.scored == 4
+    assert fake_vllm.faults.received == fake_vllm.faults.served + 3
+
+
+def test_a_slow_server_times_out_cleanly_as_recorded_policy_errors(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    fake_vllm.faults.delay_s = 30.0
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=0.3, attempts=2, backoff_s=0.0)
+    started = time.monotonic()
+    summary = rollout(
+        rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=2, max_failures=10
+    )
+    assert time.monotonic() - started < 10
+    assert summary.errors == {"policy": 4}
+    for trajectory in read_trajectories(tmp_path / "t.jsonl").trajectories:
+        assert trajectory.reward is None
+        assert trajectory.error is not None and "PolicyTimeoutError" in trajectory.error.message
+
+
+def test_an_episode_past_its_deadline_is_recorded_as_a_timeout(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    fake_vllm.faults.delay_s = 0.3
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
+    summary = rollout(
+        rows[:1], http_server.url, policy, tmp_path / "t.jsonl", group_size=2,
+        episode_timeout_s=0.5, max_failures=2,
+    )  # fmt: skip
+    assert summary.errors == {"timeout": 2}
+    (first, _) = read_trajectories(tmp_path / "t.jsonl").trajectories
+    assert first.turns  # what happened before the deadline is kept
+
+
+def test_too_many_failures_abort_the_run_keeping_what_was_written(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    fake_vllm.faults.dead = True
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=1, attempts=1)
+    with pytest.raises(RolloutAbortedError, match="rerun to resume"):
+        rollout(rows[:10], http_server.url, policy, tmp_path / "t.jsonl", max_failures=3)
+    assert len(read_trajectories(tmp_path / "t.jsonl").trajectories) >= 4
+
+
+def test_tool_server_killed_mid_run(
+    rows: list[Row], toolbox: Toolbox, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    tools = start_server(create_http_app(toolbox, TokenSet(TOKENS)))
+    fake_vllm.faults.delay_s = 0.05
+    out = tmp_path / "t.jsonl"
+
+    async def kill_after_some() -> None:
+        while not out.exists() or len(out.read_text().splitlines()) < 6:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(tools.stop)
+
+    async def go() -> RolloutSummary:
+        pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools.url, token=TOKENS[0])
+        policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
+        killer = asyncio.create_task(kill_after_some())
+        settings = RolloutSettings(progress=False, group_size=4, concurrency=4, max_failures=100)
+        try:
+            return await run_rollouts(rows[:6], pool.factory(), policy, settings, out)
+        finally:
+            killer.cancel()
+            await policy.aclose()
+            await pool.aclose()
+
+    summary = asyncio.run(go())
+    assert summary.episodes == 24
+    assert summary.scored >= 6
+    assert summary.errors.get("tool", 0) >= 1
+    assert set(summary.errors) == {"tool"}
+    failed = [t for t in read_trajectories(out).trajectories if t.failed]
+    assert all(t.reward is None and "tool server" in t.error.message for t in failed if t.error)
+
+
+def _cli(out: Path, tools_url: str, policy_url: str, rows_file: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "trainer.cli", "rollout",
+        "--env", "toolgym/FilingsQA-v0", "--dataset", str(rows_file),
+        "--tools-url", tools_url, "--base-url", policy_url, "--model", MODEL,
+        "--group-size", "4", "--concurrency", "4", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+
+
+def test_kill_the_rollout_process_and_resume_without_loss(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(r.model_dump_json() + "\n" for r in rows[:8]))
+    out = tmp_path / "t.jsonl"
+    fake_vllm.faults.delay_s = 0.05
+    command = _cli(out, http_server.url, fake_vllm.url, rows_file)
+    env = {**os.environ, "TOOL_BEARER": TOKENS[0]}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.read_text().count("\n") < 5) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = out.read_bytes()
+    written = before.count(b"\n")
+    assert 5 <= written < 32, "the run must be cut part-way"
+
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    after = out.read_bytes()
+    kept = before[: before.rfind(b"\n") + 1]
+    assert after.startswith(kept)  # nothing already written was lost or rewritten
+    trajectories = read_trajectories(out).trajectories
+    assert len(trajectories) == 32 == after.count(b"\n")  # each episode exactly once
+    assert "episodes        32 (32 scored, 0 failed)" in done.stdout
+    assert f"throughput      {0:.2f}" not in done.stdout
+    served_again = fake_vllm.faults.served
+    assert served_again > 0
+
+
+def test_prior_check_cli_reports_buckets(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    from trainer.cli import main
+
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(r.model_dump_json() + "\n" for r in rows[:12]))
+    os.environ["TOOL_BEARER"] = TOKENS[0]
+    try:
+        code = main(
+            ["prior-check", "--dataset", str(rows_file), "--tools-url", http_server.url,
+             "--base-url", fake_vllm.url, "--model", MODEL, "--rows", "6",
+             "--attempts", "2", "--no-progress", "--out", str(tmp_path / "p.jsonl")]
+        )  # fmt: skip
+    finally:
+        del os.environ["TOOL_BEARER"]
+    groups = {t.group_id for t in read_trajectories(tmp_path / "p.jsonl").trajectories}
+    assert len(groups) == 6
+    assert code in (0, 1)
+
+
+def test_sampling_settings_reach_the_server(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=300)
+    rollout(rows[:1], http_server.url, policy, tmp_path / "t.jsonl", group_size=1,
+            sampling=sampling)  # fmt: skip
+    request = fake_vllm.fake.history[-1]
+    assert (request.temperature, request.top_p, request.max_tokens) == (0.7, 0.9, 300)
+    assert request.logprobs and request.return_token_ids
