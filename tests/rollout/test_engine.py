@@ -25,7 +25,7 @@ from rollout.errors import RolloutAbortedError
 from rollout.fake_vllm import DEFAULT_MODEL as MODEL
 from rollout.fake_vllm import encode, render_prompt
 from rollout.openai_policy import OpenAIPolicy
-from rollout.policy import SamplingParams
+from rollout.policy import Policy, SamplingParams
 from rollout.store import read_trajectories
 from rollout.summary import RolloutSummary
 from testkit import TOKENS, LiveServer, start_server
@@ -52,7 +52,7 @@ def fake_vllm() -> Iterator[FakeServer]:
 def rollout(
     rows: list[Row],
     tools_url: str,
-    policy: OpenAIPolicy,
+    policy: Policy,
     out: Path,
     **settings: Any,
 ) -> RolloutSummary:
@@ -266,3 +266,30 @@ def test_sampling_settings_reach_the_server(
     request = fake_vllm.fake.history[-1]
     assert (request.temperature, request.top_p, request.max_tokens) == (0.7, 0.9, 300)
     assert request.logprobs and request.return_token_ids
+
+
+def test_the_local_policy_plays_real_episodes_end_to_end(
+    rows: list[Row], http_server: LiveServer, tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    from rollout.local_policy import LocalPolicy
+
+    policy = LocalPolicy.from_pretrained(tiny_policy_dir, max_batch=8)
+    sampling = SamplingParams(temperature=1.0, max_tokens=16)
+    summary = rollout(rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=3,
+                      concurrency=6, sampling=sampling)  # fmt: skip
+    assert summary.episodes == 6 and summary.failed == 0
+    assert policy.generate_calls < sum(summary.turns_mean for _ in range(6))  # batched
+    for trajectory in read_trajectories(tmp_path / "t.jsonl").trajectories:
+        first = trajectory.turns[0]
+        assert first.prompt_ids == policy.tokenizer.apply_chat_template(
+            trajectory.messages[:2],
+            tools=_tool_specs(http_server),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        generated = [
+            i for s in trajectory.segments() for i, m in zip(s.ids, s.mask, strict=True) if m
+        ]
+        assert generated == [i for t in trajectory.turns for i in t.completion_ids]
+        assert all(len(t.logprobs) == len(t.completion_ids) <= 16 for t in trajectory.turns)
