@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._common import (
+from _common import (
     DEFAULT_WORKDIR,
     PYTHON,
     CpuWindow,
@@ -132,7 +130,7 @@ def main() -> int:
     with (
         ServerProcess(
             toolgym_serve(corpus, index, tools_port), tools_port, token, "tools"
-        ) as tools,  # noqa: E501
+        ) as tools,
         ServerProcess(fake, policy_port, token, "fake vLLM") as policy_server,
     ):
         for concurrency in args.concurrency:

@@ -139,8 +139,13 @@ def tiny_config(
     num_layers: int,
     num_heads: int,
     max_position_embeddings: int,
+    initializer_range: float = 0.02,
 ) -> Qwen2Config:
-    """A small Qwen2 whose vocabulary and stop/pad ids match the tokenizer."""
+    """A small Qwen2 whose vocabulary and stop/pad ids match the tokenizer.
+
+    `initializer_range` sets how peaked the random model's next-token distributions are: at
+    the usual 0.02 a tiny model's logits are all near zero (uniform output) and adapters on its
+    inner layers can barely move them."""
     eos_id = token_id(tokenizer, IM_END)
     pad_id = token_id(tokenizer, ENDOFTEXT)
     return Qwen2Config(
@@ -155,6 +160,7 @@ def tiny_config(
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
+        initializer_range=initializer_range,
     )
 
 
@@ -167,6 +173,7 @@ def build_tiny_policy(
     num_layers: int = 2,
     num_heads: int = 4,
     max_position_embeddings: int = 2048,
+    initializer_range: float = 0.02,
     seed: int = 0,
 ) -> Path:
     """Train the tokenizer on `texts`, build random weights from `seed`, save both to `out_dir`.
@@ -183,6 +190,7 @@ def build_tiny_policy(
         num_layers=num_layers,
         num_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

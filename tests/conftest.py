@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from testkit import TOKENS, LiveServer, start_server
+from tinymodels import tiny_lora_adapter_dir, tiny_policy_dir
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.index import SearchMode, build_index
@@ -75,3 +76,6 @@ def mcp_server(toolbox: Toolbox) -> Iterator[LiveServer]:
     live = start_server(create_mcp_app(toolbox, TokenSet(TOKENS)))
     yield live
     live.stop()
+
+
+__all__ = ["tiny_lora_adapter_dir", "tiny_policy_dir"]  # fixtures defined in tinymodels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from envs import cli as envs_cli
 from rollout import cli as rollout_cli
@@ -18,7 +19,28 @@ def build_parser() -> argparse.ArgumentParser:
     toolservers_cli.add_commands(sub)
     envs_cli.add_commands(sub)
     rollout_cli.add_commands(sub)
+    train = sub.add_parser("train", help="GRPO on LoRA against a registered environment")
+    train.add_argument("--config", type=Path, required=True, help="run YAML (see configs/)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no live table")
+    train.set_defaults(func=cmd_train)
     return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from trainer.config import load_config
+    from trainer.train import train
+
+    config = load_config(args.config, args.set)
+    result = asyncio.run(train(config, resume=args.resume, echo=not args.quiet))
+    print(f"adapter {result.version}: {result.output_dir / 'adapters' / result.version}")
+    print(f"metrics: {result.metrics}\ncurves: {result.curves}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     from rollout.errors import RolloutError
     from toolservers.errors import ToolServerError
     from toolservers.serve import StartupRefusedError
+    from trainer.errors import TrainerError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ToolServerError, EnvError, RolloutError, StartupRefusedError, FileNotFoundError) as exc:
+    except (
+        ToolServerError,
+        EnvError,
+        RolloutError,
+        TrainerError,
+        StartupRefusedError,
+        FileNotFoundError,
+    ) as exc:
         print(f"toolgym: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Rollout fixtures: a tiny offline chat model with tool markup, and a LoRA adapter for it.
+"""Tiny offline chat models for the rollout and trainer tests, and a LoRA adapter for one.
 
 Everything is built locally from synthetic filings-like sentences; nothing is downloaded.
 """

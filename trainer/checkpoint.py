@@ -1,0 +1,59 @@
+"""Checkpoint and resume: the last completed step, its adapter, optimizer and schedule.
+
+The state file is written last, by rename, so a kill at any point leaves the previous complete
+checkpoint. Data order is a pure function of (seed, step), so the step number is all it takes
+to continue with the same prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from trainer.errors import CheckpointError
+
+
+class TrainState(BaseModel):
+    step: int  # the last completed step
+    version: str  # the adapter version the policy served after it
+    base_model: str
+    seed: int
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return output_dir / "checkpoint"
+
+
+def save_checkpoint(output_dir: Path, state: TrainState, optimizer: Any, scheduler: Any) -> None:
+    directory = checkpoint_dir(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        directory / "optimizer.pt.partial",
+    )
+    os.replace(directory / "optimizer.pt.partial", directory / "optimizer.pt")
+    partial = directory / "state.json.partial"
+    partial.write_text(state.model_dump_json(indent=2))
+    os.replace(partial, directory / "state.json")
+
+
+def load_checkpoint(output_dir: Path, base_model: str) -> tuple[TrainState, dict[str, Any]]:
+    directory = checkpoint_dir(output_dir)
+    try:
+        state = TrainState.model_validate(json.loads((directory / "state.json").read_text()))
+        tensors = torch.load(directory / "optimizer.pt", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"nothing to resume in {output_dir}: no completed step was checkpointed there"
+        ) from None
+    if state.base_model != base_model:
+        raise CheckpointError(
+            f"the checkpoint in {output_dir} is for base model {state.base_model!r}, "
+            f"not {base_model!r}: resume with the same config, or use another output_dir"
+        )
+    return state, tensors

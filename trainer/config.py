@@ -1,0 +1,154 @@
+"""The run configuration: one YAML file, overridable with `--set key=value`, validated up front.
+
+Shaped like the tutorial's step-5 config. Every problem is reported with the key it concerns
+and what to do about it, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import ConfigError
+
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(default=32, ge=1, le=512)
+    alpha: int = Field(default=64, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class EnvironmentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = "toolgym/FilingsQA-v0"
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to gymnasium.make
+    tools_url: str | None = None  # else from kwargs; token from TOOL_BEARER
+    transport: Literal["http", "mcp"] | None = None
+
+
+class PolicySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "vllm"] = "local"
+    base_urls: list[str] = Field(default_factory=list)  # vllm: the OpenAI-compatible servers
+    adapter_dir_on_server: Path | None = None  # vllm: where the server reads adapters (shared fs)
+    device: str = "cpu"
+    temperature: float = Field(default=1.0, gt=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens_per_turn: int = Field(default=256, ge=1)
+    concurrency: int = Field(default=32, ge=1)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    episode_timeout_s: float = Field(default=900.0, gt=0)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: Literal["grpo"] = "grpo"
+    loss_type: LossType = "grpo"
+    base_model: str = Field(min_length=1)  # a hub name or a local directory
+    environment: EnvironmentSettings = Field(default_factory=EnvironmentSettings)
+    train_dataset: Path | None = None
+    val_dataset: Path | None = None
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    group_size: int = Field(default=8, ge=2)
+    batch_size: int = Field(default=8, ge=1)  # prompts per step
+    steps: int | None = Field(default=None, ge=1)  # default: epochs over the train rows
+    epochs: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=1e-5, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    clip_eps: float = Field(default=0.2, gt=0)
+    kl_coef: float = Field(default=0.0, ge=0)
+    scale_rewards: bool = False  # divide advantages by the group's std
+    max_trajectory_tokens: int = Field(default=4096, ge=16)
+    max_tool_calls: int = Field(default=12, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward pass
+    eval_every: int = Field(default=5, ge=1)
+    eval_rows: int | None = Field(default=None, ge=1)
+    max_kl: float = Field(default=10.0, gt=0)  # stop when kl_to_ref exceeds this
+    seed: int = 0
+    output_dir: Path = Path("runs/toolgym")
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> TrainConfig:
+        if self.policy.backend == "vllm" and not self.policy.base_urls:
+            raise ValueError(
+                "policy.base_urls: the vllm backend needs the server URL(s), e.g. "
+                "['http://127.0.0.1:8000/v1'] (start one with `toolgym vllm serve`)"
+            )
+        return self
+
+    def resolve(self, base: Path) -> TrainConfig:
+        """Relative paths in a config file are relative to that file."""
+        updates: dict[str, Any] = {}
+        for key in ("train_dataset", "val_dataset", "output_dir"):
+            value = getattr(self, key)
+            if value is not None and not value.is_absolute():
+                updates[key] = base / value
+        if not Path(self.base_model).is_absolute() and (base / self.base_model).exists():
+            updates["base_model"] = str(base / self.base_model)
+        return self.model_copy(update=updates)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: write key=value, e.g. --set learning_rate=2e-5")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in error["loc"]) or "(file)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key: check its spelling against configs/*.yaml"
+        elif error["type"] == "missing":
+            message = "required: add it to the file or pass --set " + key + "=..."
+        lines.append(f"  {key}: {message}")
+    return ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    data = apply_overrides(data, overrides or [])
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, str(path)) from None
+    return config.resolve(path.resolve().parent)

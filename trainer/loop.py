@@ -1,0 +1,209 @@
+"""The training loop: rollouts with the current adapter, one GRPO update, publish, repeat.
+
+    step k: rows for k -> rollout engine (group_size episodes each, policy version v{k-1})
+            -> advantages -> grpo_update -> save adapter v{k} -> publish -> checkpoint
+            -> every eval_every steps: val reward
+
+Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (resumable on its
+own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/, curves.png.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rollout.engine import RolloutSettings, run_rollouts
+from rollout.environments import EnvPool
+from rollout.policy import Policy, SamplingParams
+from rollout.store import read_groups
+from rollout.summary import RolloutSummary
+from trainer.batch import build_sequences
+from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError, TrainingStopped
+from trainer.metrics import MetricsLog
+from trainer.publish import Publisher, save_adapter, version_name
+from trainer.update import grpo_update
+
+
+def rows_for_step(rows: list[Any], step: int, batch_size: int, seed: int) -> list[Any]:
+    """The prompts of step `step` (1-based): a fresh shuffle each epoch, from the seed alone."""
+    per_epoch = math.ceil(len(rows) / batch_size)
+    epoch, offset = divmod(step - 1, per_epoch)
+    order = list(range(len(rows)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    chosen = order[offset * batch_size : (offset + 1) * batch_size]
+    return [rows[i] for i in chosen]
+
+
+def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    base: Any = AutoModelForCausalLM.from_pretrained(config.base_model)
+    base = base.to(config.policy.device)
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, adapter, is_trainable=True), tokenizer
+    lora = LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora), tokenizer
+
+
+def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+
+    def schedule(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+@dataclass
+class Run:
+    """What the loop holds between steps."""
+
+    config: TrainConfig
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    policy: Policy
+    publisher: Publisher
+    pool: EnvPool
+    train_rows: list[Any]
+    val_rows: list[Any]
+    metrics: MetricsLog
+
+    def settings(self, group_size: int, prefix: str, version: str) -> RolloutSettings:
+        policy = self.config.policy
+        return RolloutSettings(
+            env_id=self.config.environment.id,
+            group_size=group_size,
+            concurrency=policy.concurrency,
+            episode_timeout_s=policy.episode_timeout_s,
+            sampling=SamplingParams(
+                temperature=policy.temperature,
+                top_p=policy.top_p,
+                max_tokens=policy.max_tokens_per_turn,
+            ),
+            seed=self.config.seed,
+            group_prefix=prefix,
+            policy_version=version,
+            progress=False,
+            max_failures=max(group_size, len(self.train_rows)),
+        )
+
+    async def rollouts(
+        self, rows: list[Any], group_size: int, out: Path, prefix: str, version: str
+    ) -> RolloutSummary:
+        settings = self.settings(group_size, prefix, version)
+        return await run_rollouts(rows, self.pool.factory(), self.policy, settings, out)
+
+
+async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any], str]:
+    config = run.config
+    started = time.perf_counter()
+    rows = rows_for_step(run.train_rows, step, config.batch_size, config.seed)
+    out = config.output_dir / "rollouts" / f"step-{step:05d}.jsonl"
+    summary = await run.rollouts(rows, config.group_size, out, f"step{step}/", version)
+    groups = read_groups(out)
+    sequences, stats = build_sequences(
+        groups, scale_rewards=config.scale_rewards, max_tokens=config.max_trajectory_tokens
+    )
+    pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    update_started = time.perf_counter()
+    result = None
+    if sequences:
+        result = grpo_update(run.model, run.optimizer, run.scheduler, sequences, config, pad_id)
+        if not math.isfinite(result.loss):
+            raise TrainingStopped(
+                f"step {step}: the loss is {result.loss}; lower learning_rate "
+                f"(now {config.learning_rate:g}) or raise max_grad_norm's strictness"
+            )
+        if result.kl_to_ref > config.max_kl:
+            raise TrainingStopped(
+                f"step {step}: kl_to_ref {result.kl_to_ref:.3f} passed max_kl {config.max_kl:g}; "
+                "the policy drifted: lower learning_rate or raise kl_coef"
+            )
+    update_s = time.perf_counter() - update_started
+    new_version = version_name(step)
+    path = save_adapter(run.model, config.output_dir / "adapters", new_version)
+    await run.publisher.publish(path, new_version)
+    row: dict[str, Any] = {
+        "step": step,
+        "version": new_version,
+        "val_reward": None,
+        "reward_mean": summary.reward.mean,
+        "reward_std": summary.reward.std,
+        "tool_calls": summary.tool_calls_mean,
+        "kl_to_ref": result.kl_to_ref if result else 0.0,
+        "loss": result.loss if result else 0.0,
+        "grad_norm": result.grad_norm if result else 0.0,
+        "entropy": result.entropy if result else None,
+        "clip_fraction": result.clip_fraction if result else 0.0,
+        "logprob_mismatch": result.logprob_mismatch if result else None,
+        "zero_signal": stats.zero_signal_groups / max(stats.groups, 1),
+        "failed_episodes": stats.failed_episodes,
+        "token_mismatches": summary.token_mismatches,
+        "tokens_per_s": (result.tokens / update_s) if result and update_s > 0 else 0.0,
+        "rollout_tokens_per_s": summary.tokens_per_s,
+        "learning_rate": run.scheduler.get_last_lr()[0],
+        "step_s": time.perf_counter() - started,
+    }
+    return row, new_version
+
+
+async def evaluate(run: Run, step: int, version: str) -> float:
+    config = run.config
+    rows = run.val_rows[: config.eval_rows] if config.eval_rows else run.val_rows
+    out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
+    summary = await run.rollouts(rows, 1, out, f"eval{step}/", version)
+    return summary.reward.mean
+
+
+def total_steps(config: TrainConfig, rows: int) -> int:
+    return config.steps or config.epochs * math.ceil(rows / config.batch_size)
+
+
+async def train_loop(run: Run, first_step: int, version: str) -> str:
+    config = run.config
+    last = total_steps(config, len(run.train_rows))
+    if first_step == 1 and run.val_rows:
+        run.metrics.log({"step": 0, "val_reward": await evaluate(run, 0, version)})
+    for step in range(first_step, last + 1):
+        row, version = await train_step(run, step, version)
+        if run.val_rows and (step % config.eval_every == 0 or step == last):
+            row["val_reward"] = await evaluate(run, step, version)
+        run.metrics.log(row)
+        state = TrainState(step=step, version=version, base_model=config.base_model,
+                           seed=config.seed)  # fmt: skip
+        save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler)
+    return version
+
+
+def resume_point(config: TrainConfig, resume: bool) -> tuple[TrainState | None, Any]:
+    checkpoint = config.output_dir / "checkpoint" / "state.json"
+    if not resume:
+        if checkpoint.exists():
+            raise ConfigError(
+                f"{config.output_dir} already holds a run: pass --resume to continue it, "
+                "or set output_dir to a new directory"
+            )
+        return None, None
+    return load_checkpoint(config.output_dir, config.base_model)
