@@ -8,6 +8,7 @@ re-rendered with the assistant's generated text extends the previous prompt + co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -133,6 +134,25 @@ def _tools_block(tools: list[dict[str, Any]]) -> str:
 
 def render_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """The Qwen2.5-like chat template, generation prompt included."""
+    return "".join(render_turns(messages, tools))
+
+
+def encode_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+    """encode(render_prompt(...)), turn by turn: every turn starts with a special token, so
+    the ids concatenate exactly, and a turn seen in an earlier request (the system prompt with
+    its tools, earlier tool results) is not encoded again."""
+    ids: list[int] = []
+    for turn in render_turns(messages, tools):
+        ids.extend(_encode_cached(turn))
+    return ids
+
+
+@functools.lru_cache(maxsize=8192)
+def _encode_cached(text: str) -> tuple[int, ...]:
+    return tuple(encode(text))
+
+
+def render_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[str]:
     rest = list(messages)
     system = rest.pop(0).get("content") if rest[0].get("role") == "system" else None
     out: list[str] = []
@@ -152,7 +172,7 @@ def render_prompt(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | 
             out.append(_turn(role, assistant_text(content, message.get("tool_calls"))))
         else:
             out.append(_turn(role, message_text(content)))
-    return "".join(out) + GENERATION_PROMPT
+    return [*out, GENERATION_PROMPT]
 
 
 def toy_logprob(seed: int, position: int) -> float:

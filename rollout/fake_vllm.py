@@ -39,6 +39,7 @@ from rollout.fake_chat import (
     TOOL_MARKUP,
     decode,
     encode,
+    encode_prompt,
     message_text,
     render_prompt,
     token_bytes,
@@ -201,7 +202,7 @@ class FakeVllm:
 
     def complete(self, request: ChatRequest, model: str) -> dict[str, Any]:
         """The chat.completion body, shaped exactly like vLLM's."""
-        prompt_ids = encode(render_prompt(request.messages, request.tools))
+        prompt_ids = encode_prompt(request.messages, request.tools)
         wanted, most = len(prompt_ids) + (request.max_tokens or 1), self.settings.max_model_len
         if wanted > most:
             raise ValueError(

@@ -6,6 +6,7 @@ Errors raise rollout.errors exceptions; the main CLI prints them as one line.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,10 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
         print(f"{RUNTIME_LORA_ENV}=1")
         print(" ".join(redacted(vllm_command(config))))
         return 0
+    # Ctrl-C and SIGTERM both stop the server, even when started from a shell that ignores
+    # SIGINT for background jobs (the disposition would otherwise be inherited).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"starting vLLM (log: {args.log}) ...", flush=True)
     server = launch(config, args.log, health_timeout_s=args.health_timeout)
     print(f"vLLM is healthy at {server.url} (serving {args.served_model_name or args.model})")
