@@ -78,6 +78,8 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--out", type=Path, help="keep the trajectories here")
     check.set_defaults(func=cmd_prior_check)
 
+    add_eval_command(sub)
+
     from rollout.vllm_cli import add_vllm_commands
 
     add_vllm_commands(sub)
@@ -190,3 +192,75 @@ def cmd_prior_check(args: argparse.Namespace) -> int:
     print()
     print(result.report())
     return 0 if result.learnable else 1
+
+
+def add_eval_command(sub: Any) -> None:
+    evaluate = sub.add_parser(
+        "eval", help="base vs tuned on the same rows and seeds: per sample, by slice, report"
+    )
+    evaluate.add_argument("--env", default="toolgym/FilingsQA-v0")
+    evaluate.add_argument("--split", default="val", help="rows from <data-dir>/<split>.jsonl")
+    evaluate.add_argument("--data-dir", type=Path, default=Path("data"))
+    evaluate.add_argument("--dataset", type=Path, help="rows JSONL (instead of --split)")
+    evaluate.add_argument("--base", required=True, help="MODEL_DIR[+ADAPTER_DIR] or NAME@URL")
+    evaluate.add_argument("--tuned", required=True, help="MODEL_DIR[+ADAPTER_DIR] or NAME@URL")
+    evaluate.add_argument("--n", type=int, help="K rows drawn with --seed (default: all)")
+    evaluate.add_argument("--attempts", type=int, default=1, help="episodes per row and side")
+    evaluate.add_argument("--tools-url", help="tool server URL (token from TOOL_BEARER)")
+    evaluate.add_argument("--transport", choices=["http", "mcp"], default=None)
+    evaluate.add_argument("--out", type=Path, required=True, help="directory for all outputs")
+    evaluate.add_argument("--rejudge", action="store_true", help="re-grade stored trajectories")
+    evaluate.add_argument("--temperature", type=float, default=0.0)
+    evaluate.add_argument("--max-tokens", type=int, default=512, help="per turn")
+    evaluate.add_argument("--concurrency", type=int, default=32)
+    evaluate.add_argument("--episode-timeout", type=float, default=600.0)
+    evaluate.add_argument("--solved-threshold", type=float, default=0.5)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
+
+
+async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from rollout.environments import EnvPool
+    from rollout.evaluate import PolicySpec, pick_rows, play_side, rejudge_file
+
+    dataset = args.dataset or args.data_dir / f"{args.split}.jsonl"
+    pool = EnvPool(args.env, dataset=dataset, tools_url=args.tools_url, transport=args.transport)
+    rows = pick_rows(pool.rows, args.n, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.rejudge:
+            for side in ("base", "tuned"):
+                changed = await rejudge_file(args.out / f"{side}.jsonl", pool)
+                print(f"re-judged {side}: {changed} rewards changed")
+            return pool, rows
+        settings = RolloutSettings(
+            env_id=args.env,
+            group_size=args.attempts,
+            concurrency=args.concurrency,
+            episode_timeout_s=args.episode_timeout,
+            sampling=SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+        for side, text in (("base", args.base), ("tuned", args.tuned)):
+            spec = PolicySpec.parse(text)
+            await play_side(pool, rows, spec, settings, args.out / f"{side}.jsonl")
+        return pool, rows
+    finally:
+        await pool.aclose()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rollout.evaluate import load_and_compare, references, write_samples
+    from rollout.report import terminal_summary, write_report
+
+    _, rows = asyncio.run(_eval(args))
+    comparison, base, tuned = load_and_compare(args.out, solved_threshold=args.solved_threshold)
+    write_samples(comparison, args.out / "samples.jsonl")
+    report = write_report(
+        comparison, base, tuned, args.out, references=references(rows), title=f"{args.env} eval"
+    )
+    print(terminal_summary(comparison))
+    print(f"\nper sample: {args.out / 'samples.jsonl'}\nreport: {report.html}")
+    return 0

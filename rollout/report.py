@@ -1,0 +1,365 @@
+"""Base vs tuned for a person to read: one self-contained HTML file, plots, a terminal digest.
+
+A mean reward delta says little on its own; the report puts next to it the slices (a good
+average can hide one that broke), the regressions worst first with both policies' traces, and
+the whole per-sample table. The HTML is a single file with inline CSS and base64 PNGs, so it can
+be attached to a ticket or copied off a GPU box and opened anywhere. Every string that came from
+a model, a tool or a dataset is escaped: model output can contain markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rollout.compare import Comparison, SampleComparison, by_row
+from rollout.report_plots import plot_files, worst_slice
+from rollout.trajectory import Trajectory
+
+TOOL_RESULT_CHARS = 400
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    plots: dict[str, Path]
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _cut(text: str, limit: int) -> str:
+    """Cut and say how much was dropped, so a short result is never mistaken for a whole one."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more chars)"
+
+
+def _text(content: Any) -> str:
+    """Message content as text: a string, or OpenAI content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def _prompt(attempts: list[Trajectory]) -> str:
+    for message in attempts[0].messages if attempts else []:
+        if message.get("role") == "user":
+            return _text(message.get("content"))
+    return ""
+
+
+def _arguments(raw: Any) -> str:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return raw
+    return json.dumps(raw, ensure_ascii=False)
+
+
+def _message_html(message: dict[str, Any]) -> str:
+    role, content = str(message.get("role", "?")), _text(message.get("content"))
+    if role == "tool":
+        name = message.get("name") or message.get("tool_call_id") or "tool"
+        body = _cut(content, TOOL_RESULT_CHARS)
+        return f'<div class="msg tool"><b>← {_e(name)}</b><pre>{_e(body)}</pre></div>'
+    parts = [f'<div class="msg {_e(role)}"><b>{_e(role)}</b>']
+    if content.strip():
+        parts.append(f"<pre>{_e(content)}</pre>")
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        name, args = function.get("name", "?"), _arguments(function.get("arguments", ""))
+        parts.append(f'<div class="call">→ <code>{_e(name)}</code>(<code>{_e(args)}</code>)</div>')
+    return "".join(parts) + "</div>"
+
+
+def _grade_html(grade: dict[str, Any] | None) -> str:
+    if not grade:
+        return '<div class="grade">grade: —</div>'
+    details = grade.get("details") or {}
+    items = "".join(
+        f"<li><code>{_e(k)}</code>: {_e(_cut(json.dumps(v, ensure_ascii=False, default=str), 160))}"
+        "</li>"
+        for k, v in list(details.items())[:6]
+    )
+    more = f"<li>… {len(details) - 6} more</li>" if len(details) > 6 else ""
+    return (
+        f'<div class="grade">verdict <b>{_e(grade.get("verdict", "?"))}</b>, '
+        f"score {_e(grade.get('score', '—'))}<ul>{items}{more}</ul></div>"
+    )
+
+
+def _trace_html(side: str, attempts: list[Trajectory]) -> str:
+    """The first attempt in full; the others are only counted (they share the prompt)."""
+    if not attempts:
+        return f'<div class="trace"><h4>{_e(side)}</h4><p class="muted">no attempts</p></div>'
+    first = min(attempts, key=lambda t: t.sample_index)
+    count = f"attempt 1 of {len(attempts)}" if len(attempts) > 1 else "1 attempt"
+    reward = "failed" if first.reward is None else f"reward {first.reward:.3f}"
+    users = [i for i, m in enumerate(first.messages) if m.get("role") == "user"]
+    shown = [  # the system prompt is not shown; the first user message is, once above both
+        _message_html(m)
+        for i, m in enumerate(first.messages)
+        if m.get("role") != "system" and i != (users[0] if users else -1)
+    ]
+    error = (
+        f'<div class="error">error ({_e(first.error.kind)}): {_e(first.error.message)}</div>'
+        if first.error
+        else ""
+    )
+    answer = _e(first.answer) if first.answer is not None else '<span class="muted">none</span>'
+    return (
+        f'<div class="trace"><h4>{_e(side)} · {_e(first.policy_version)} · {count} · {reward} · '
+        f"{first.metrics.tool_calls} tool calls</h4>{''.join(shown)}"
+        f'<div class="answer"><b>final answer</b><pre>{answer}</pre></div>'
+        f"{_grade_html(first.grade)}{error}</div>"
+    )
+
+
+@dataclass
+class _Rows:
+    base: dict[str, list[Trajectory]]
+    tuned: dict[str, list[Trajectory]]
+    references: dict[str, str]
+
+
+def _sample_html(sample: SampleComparison, rows: _Rows, collapsed: bool) -> str:
+    base, tuned = rows.base.get(sample.id, []), rows.tuned.get(sample.id, [])
+    meta = ", ".join(f"{k}={v}" for k, v in sorted(sample.metadata.items()))
+    head = (
+        f"<b>{_e(sample.id)}</b> · {_num(sample.base.reward)} → {_num(sample.tuned.reward)} "
+        f"(<span class='{sample.outcome}'>{_num(sample.reward_delta, True)}</span>) · "
+        f'tool calls {sample.tool_calls_delta:+.2f} · <span class="muted">{_e(meta)}</span>'
+    )
+    reference = rows.references.get(sample.id)
+    body = (
+        f'<div class="prompt"><b>prompt</b><pre>{_e(_prompt(base or tuned))}</pre></div>'
+        f'<div class="ref"><b>reference</b> '
+        f"{_e(reference) if reference is not None else '<span class=muted>not given</span>'}</div>"
+        f'<div class="pair">{_trace_html("base", base)}{_trace_html("tuned", tuned)}</div>'
+    )
+    attrs = f'class="sample {sample.outcome}" data-row="{_e(sample.id)}"'
+    if collapsed:
+        return f"<details {attrs}><summary>{head}</summary>{body}</details>"
+    return f"<section {attrs}><h3>{head}</h3>{body}</section>"
+
+
+def _summary_html(comparison: Comparison) -> str:
+    s = comparison.summary
+    cells = [
+        ("base reward", _num(s.base_reward)),
+        ("tuned reward", _num(s.tuned_reward)),
+        ("reward delta", _num(s.reward_delta, True)),
+        ("tool calls delta", f"{s.tool_calls_delta:+.2f}"),
+        ("improved", str(s.improved)),
+        ("regressed", str(s.regressed)),
+        ("unchanged, solved", str(s.unchanged_solved)),
+        ("unchanged, never solved", str(s.unchanged_unsolved)),
+        ("failed", str(s.failed)),
+    ]
+    cards = "".join(f'<div class="card"><div>{k}</div><b>{v}</b></div>' for k, v in cells)
+    return (
+        f'<h2>Summary</h2><p class="muted">{s.rows} rows, {s.compared} with a reward on both '
+        f"sides; tolerance {comparison.tolerance:g}, solved at ≥ {comparison.solved_threshold:g}"
+        f'</p><div class="cards">{cards}</div>'
+    )
+
+
+def _slices_html(comparison: Comparison) -> str:
+    if not comparison.slices:
+        return '<h2>Slices</h2><p class="muted">no metadata key to slice by</p>'
+    parts = ["<h2>Slices</h2>"]
+    for key, stats in sorted(comparison.slices.items()):
+        worst = worst_slice(stats)
+        rows = "".join(
+            f"<tr{' class=worst' if s is worst else ''}><td>{_e(s.value)}</td><td>{s.n}</td>"
+            f"<td>{_num(s.base_reward)}</td><td>{_num(s.tuned_reward)}</td>"
+            f"<td>{_num(s.reward_delta, True)}</td><td>{s.improved}</td><td>{s.regressed}</td></tr>"
+            for s in stats
+        )
+        parts.append(
+            f"<h3>{_e(key)} <span class=muted>spread {comparison.slice_spread[key]:.3f}</span></h3>"
+            "<table><tr><th>value</th><th>n</th><th>base</th><th>tuned</th><th>delta</th>"
+            f"<th>improved</th><th>regressed</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def _plots_html(plots: dict[str, Path]) -> str:
+    images = "".join(
+        f'<img alt="{_e(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+        for name, path in plots.items()
+    )
+    return f'<h2>Plots</h2><div class="plots">{images}</div>'
+
+
+def _table_html(comparison: Comparison) -> str:
+    keys = sorted(comparison.slices) or sorted({k for s in comparison.samples for k in s.metadata})
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    rows = "".join(
+        f"<tr class={s.outcome}><td>{_e(s.id)}</td>"
+        + "".join(f"<td>{_e(s.metadata.get(k, ''))}</td>" for k in keys)
+        + f"<td>{_num(s.base.reward)}</td><td>{_num(s.tuned.reward)}</td>"
+        f"<td>{_num(s.reward_delta, True)}</td><td>{s.tool_calls_delta:+.2f}</td>"
+        f"<td>{s.outcome}</td></tr>"
+        for s in comparison.samples
+    )
+    return (
+        f"<h2>All samples ({len(comparison.samples)})</h2><table><tr><th>id</th>{head}"
+        "<th>base</th><th>tuned</th><th>delta</th><th>tool calls Δ</th><th>outcome</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _list_html(
+    title: str, samples: Iterable[SampleComparison], rows: _Rows, collapsed: bool
+) -> str:
+    items = [_sample_html(s, rows, collapsed) for s in samples]
+    body = "".join(items) or '<p class="muted">none</p>'
+    return f"<h2>{title} ({len(items)})</h2>{body}"
+
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1240px;padding:0 16px}
+h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
+.muted{color:#888;font-weight:normal}
+.cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:110px}
+.card div{font-size:12px;color:#666}.card b{font-size:20px}
+table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+tr.worst{background:#fde2e0;font-weight:bold}
+.improved{color:#2e9d4f}.regressed{color:#d0342c}.failed{color:#e08a1e}
+tr.unchanged_solved,tr.unchanged_unsolved{color:#555}
+.plots img{max-width:100%;margin:6px;border:1px solid #eee}
+.sample{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}
+section.sample h3{margin:0 0 6px;font-size:15px;color:#222}
+details.sample summary{cursor:pointer;color:#222}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+@media (max-width:900px){.pair{grid-template-columns:1fr}}
+.trace{background:#fafafa;border:1px solid #eee;border-radius:4px;padding:6px 8px;min-width:0}
+.trace h4{margin:0 0 6px;font-size:13px}
+.msg{border-left:3px solid #ccc;padding-left:6px;margin:6px 0}
+.msg.assistant{border-color:#3b6fd8}.msg.tool{border-color:#e08a1e}
+pre{white-space:pre-wrap;word-break:break-word;margin:2px 0;font-size:12px}
+.call{font-size:12px;word-break:break-word}
+.answer{border-left:3px solid #2e9d4f;padding-left:6px;margin:6px 0}
+.grade ul{margin:2px 0;font-size:12px}
+.error{color:#b00;font-weight:bold;margin-top:6px}
+"""
+
+
+def render_html(
+    comparison: Comparison,
+    base: list[Trajectory],
+    tuned: list[Trajectory],
+    *,
+    references: dict[str, str],
+    title: str,
+    plots: dict[str, Path],
+) -> str:
+    """The whole report as one HTML document (no scripts, no external assets)."""
+    rows = _Rows(by_row(base), by_row(tuned), references)
+    improvements = sorted(
+        (s for s in comparison.samples if s.outcome == "improved"),
+        key=lambda s: (-(s.reward_delta or 0.0), s.id),
+    )
+    failed = [s for s in comparison.samples if s.outcome == "failed"]
+    body = "".join(
+        [
+            f"<h1>{_e(title)}</h1>",
+            _summary_html(comparison),
+            _slices_html(comparison),
+            _plots_html(plots),
+            _list_html("Regressions, worst first", comparison.regressions(), rows, False),
+            _list_html("Improvements, best first", improvements, rows, True),
+            _list_html("Failed rows", failed, rows, True),
+            _table_html(comparison),
+        ]
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_report(
+    comparison: Comparison,
+    base: list[Trajectory],
+    tuned: list[Trajectory],
+    out_dir: Path,
+    *,
+    references: dict[str, str] | None = None,
+    title: str = "toolgym eval",
+) -> ReportFiles:
+    """Write the PNGs and `report.html` (which embeds them) into out_dir."""
+    plots = plot_files(comparison, out_dir)
+    document = render_html(
+        comparison, base, tuned, references=references or {}, title=title, plots=plots
+    )
+    path = out_dir / "report.html"
+    path.write_text(document, encoding="utf-8")
+    return ReportFiles(html=path, plots=plots)
+
+
+# --- terminal ----------------------------------------------------------------------------------
+
+
+def terminal_summary(
+    comparison: Comparison, *, top: int = 5, tuned: list[Trajectory] | None = None
+) -> str:
+    """Plain text: the headline, the slices with their spread, the worst regressions.
+
+    `tuned` is optional: with it, each regression shows the tuned policy's (first) answer.
+    """
+    s = comparison.summary
+    lines = [
+        f"rows {s.rows} ({s.compared} compared): reward {s.base_reward:.3f} → "
+        f"{s.tuned_reward:.3f} ({s.reward_delta:+.3f}), tool calls {s.tool_calls_delta:+.2f}/row",
+        f"improved {s.improved}, regressed {s.regressed}, unchanged solved "
+        f"{s.unchanged_solved}, unchanged never solved {s.unchanged_unsolved}, failed {s.failed}",
+    ]
+    for key, stats in sorted(comparison.slices.items()):
+        lines.append(f"by {key} (spread {comparison.slice_spread[key]:.3f}):")
+        worst = worst_slice(stats)
+        width = max(len(x.value) for x in stats)
+        for x in stats:
+            mark = "  <- worst" if x is worst else ""
+            lines.append(
+                f"  {x.value:<{width}}  n={x.n:<4} {x.base_reward:.3f} → {x.tuned_reward:.3f}  "
+                f"{x.reward_delta:+.3f}  (+{x.improved} -{x.regressed}){mark}"
+            )
+    regressions = comparison.regressions()[:top]
+    if regressions:
+        lines.append(f"top regressions ({len(regressions)} of {s.regressed}, worst first):")
+    answers = _first_answers(tuned or [])
+    for r in regressions:
+        answer = answers.get(r.id)
+        shown = f"  tuned: {_cut(' '.join(answer.split()), 60)!r}" if answer is not None else ""
+        lines.append(
+            f"  {r.id}  {_num(r.base.reward)} → {_num(r.tuned.reward)} "
+            f"({_num(r.reward_delta, True)}){shown}"
+        )
+    return "\n".join(lines)
+
+
+def _first_answers(trajectories: list[Trajectory]) -> dict[str, str | None]:
+    return {
+        row: min(attempts, key=lambda t: t.sample_index).answer
+        for row, attempts in by_row(trajectories).items()
+    }
