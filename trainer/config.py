@@ -79,6 +79,10 @@ class TrainConfig(BaseModel):
     micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward pass
     eval_every: int = Field(default=5, ge=1)
     eval_rows: int | None = Field(default=None, ge=1)
+    eval_temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy: a steadier val curve
+    # Failed episodes (dead tool server, policy timeouts) tolerated per rollout batch before the
+    # run stops; None = 10% of the batch. Failed episodes never enter the update.
+    max_failed_episodes: int | None = Field(default=None, ge=0)
     max_kl: float = Field(default=10.0, gt=0)  # stop when kl_to_ref exceeds this
     seed: int = 0
     output_dir: Path = Path("runs/toolgym")

@@ -90,7 +90,9 @@ class Run:
     val_rows: list[Any]
     metrics: MetricsLog
 
-    def settings(self, group_size: int, prefix: str, version: str) -> RolloutSettings:
+    def settings(
+        self, group_size: int, prefix: str, version: str, temperature: float | None = None
+    ) -> RolloutSettings:
         policy = self.config.policy
         return RolloutSettings(
             env_id=self.config.environment.id,
@@ -98,7 +100,7 @@ class Run:
             concurrency=policy.concurrency,
             episode_timeout_s=policy.episode_timeout_s,
             sampling=SamplingParams(
-                temperature=policy.temperature,
+                temperature=policy.temperature if temperature is None else temperature,
                 top_p=policy.top_p,
                 max_tokens=policy.max_tokens_per_turn,
             ),
@@ -106,13 +108,19 @@ class Run:
             group_prefix=prefix,
             policy_version=version,
             progress=False,
-            max_failures=max(group_size, len(self.train_rows)),
+            max_failures=self.config.max_failed_episodes,
         )
 
     async def rollouts(
-        self, rows: list[Any], group_size: int, out: Path, prefix: str, version: str
+        self,
+        rows: list[Any],
+        group_size: int,
+        out: Path,
+        prefix: str,
+        version: str,
+        temperature: float | None = None,
     ) -> RolloutSummary:
-        settings = self.settings(group_size, prefix, version)
+        settings = self.settings(group_size, prefix, version, temperature)
         return await run_rollouts(rows, self.pool.factory(), self.policy, settings, out)
 
 
@@ -173,7 +181,9 @@ async def evaluate(run: Run, step: int, version: str) -> float:
     config = run.config
     rows = run.val_rows[: config.eval_rows] if config.eval_rows else run.val_rows
     out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
-    summary = await run.rollouts(rows, 1, out, f"eval{step}/", version)
+    summary = await run.rollouts(
+        rows, 1, out, f"eval{step}/", version, temperature=config.eval_temperature
+    )
     return summary.reward.mean
 
 
