@@ -43,6 +43,14 @@ def forward_logprobs(
     return logprobs, entropy
 
 
+def chunk_weight(loss_type: str, size: int, total: int, batch: Batch, generated: int) -> float:
+    """A micro-batch's share of the step's loss, so accumulated gradients equal one big batch:
+    by sequences for the per-sequence losses (grpo, dr_grpo), by tokens for dapo."""
+    if loss_type == "dapo":
+        return float(batch.mask.sum()) / max(generated, 1)
+    return size / max(total, 1)
+
+
 def grpo_update(
     model: Any,
     optimizer: torch.optim.Optimizer,
@@ -60,7 +68,7 @@ def grpo_update(
     for start in range(0, len(sequences), size):
         chunk = sequences[start : start + size]
         batch = collate(chunk, pad_id, config.policy.device)
-        share = float(batch.mask.sum()) / max(generated, 1)  # this chunk's weight in the step
+        share = chunk_weight(config.loss_type, len(chunk), len(sequences), batch, generated)
         logprobs, entropy = forward_logprobs(model, batch, config.policy.temperature)
         ref = None
         if config.kl_coef > 0:
