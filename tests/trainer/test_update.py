@@ -33,7 +33,9 @@ SEQUENCES = [
 
 def gradient(loss_type: str, micro: int) -> torch.Tensor:
     model = TinyLM()
-    config = TrainConfig(base_model="m", loss_type=loss_type, micro_batch_size=micro)
+    config = TrainConfig.model_validate(
+        {"base_model": "m", "loss_type": loss_type, "micro_batch_size": micro}
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     captured: list[torch.Tensor] = []
