@@ -261,6 +261,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = write_report(
         comparison, base, tuned, args.out, references=references(rows), title=f"{args.env} eval"
     )
-    print(terminal_summary(comparison))
+    print(terminal_summary(comparison, tuned=tuned))
     print(f"\nper sample: {args.out / 'samples.jsonl'}\nreport: {report.html}")
     return 0

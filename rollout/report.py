@@ -107,6 +107,7 @@ def _trace_html(side: str, attempts: list[Trajectory]) -> str:
     if not attempts:
         return f'<div class="trace"><h4>{_e(side)}</h4><p class="muted">no attempts</p></div>'
     first = min(attempts, key=lambda t: t.sample_index)
+    heading = side if first.policy_version == side else f"{side} ({first.policy_version})"
     count = f"attempt 1 of {len(attempts)}" if len(attempts) > 1 else "1 attempt"
     reward = "failed" if first.reward is None else f"reward {first.reward:.3f}"
     users = [i for i, m in enumerate(first.messages) if m.get("role") == "user"]
@@ -122,7 +123,7 @@ def _trace_html(side: str, attempts: list[Trajectory]) -> str:
     )
     answer = _e(first.answer) if first.answer is not None else '<span class="muted">none</span>'
     return (
-        f'<div class="trace"><h4>{_e(side)} · {_e(first.policy_version)} · {count} · {reward} · '
+        f'<div class="trace"><h4>{_e(heading)} · {count} · {reward} · '
         f"{first.metrics.tool_calls} tool calls</h4>{''.join(shown)}"
         f'<div class="answer"><b>final answer</b><pre>{answer}</pre></div>'
         f"{_grade_html(first.grade)}{error}</div>"
@@ -211,7 +212,7 @@ def _table_html(comparison: Comparison) -> str:
     keys = sorted(comparison.slices) or sorted({k for s in comparison.samples for k in s.metadata})
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     rows = "".join(
-        f"<tr class={s.outcome}><td>{_e(s.id)}</td>"
+        f'<tr class="{s.outcome}"><td>{_e(s.id)}</td>'
         + "".join(f"<td>{_e(s.metadata.get(k, ''))}</td>" for k in keys)
         + f"<td>{_num(s.base.reward)}</td><td>{_num(s.tuned.reward)}</td>"
         f"<td>{_num(s.reward_delta, True)}</td><td>{s.tool_calls_delta:+.2f}</td>"
@@ -244,7 +245,8 @@ table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}
 tr.worst{background:#fde2e0;font-weight:bold}
-.improved{color:#2e9d4f}.regressed{color:#d0342c}.failed{color:#e08a1e}
+span.improved,tr.improved{color:#2e9d4f}span.regressed,tr.regressed{color:#d0342c}
+span.failed,tr.failed{color:#e08a1e}
 tr.unchanged_solved,tr.unchanged_unsolved{color:#555}
 .plots img{max-width:100%;margin:6px;border:1px solid #eee}
 .sample{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:12px 0}
