@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -178,11 +177,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_prior_check(args: argparse.Namespace) -> int:
+    from rollout.environments import sample_rows
     from rollout.prior_check import prior_check
     from rollout.store import read_groups
 
     def pick(rows: list[Any]) -> list[Any]:
-        return random.Random(args.seed).sample(rows, min(args.rows, len(rows)))
+        return sample_rows(rows, args.rows, args.seed)
 
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / "prior-check.jsonl"
@@ -221,12 +221,12 @@ def add_eval_command(sub: Any) -> None:
 
 
 async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    from rollout.environments import EnvPool
-    from rollout.evaluate import PolicySpec, pick_rows, play_side, rejudge_file
+    from rollout.environments import EnvPool, sample_rows
+    from rollout.evaluate import PolicySpec, play_side, rejudge_file
 
     dataset = args.dataset or args.data_dir / f"{args.split}.jsonl"
     pool = EnvPool(args.env, dataset=dataset, tools_url=args.tools_url, transport=args.transport)
-    rows = pick_rows(pool.rows, args.n, args.seed)
+    rows = sample_rows(pool.rows, args.n, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.rejudge:

@@ -15,6 +15,7 @@ import asyncio
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,9 +116,7 @@ class _Run:
             else max(1, math.ceil(0.1 * len(jobs)))
         )
         self.pending: dict[str, list[Trajectory]] = {}
-        self.expected = {j.group_id: 0 for j in jobs}
-        for job in jobs:
-            self.expected[job.group_id] += 1
+        self.expected = Counter(job.group_id for job in jobs)  # episodes to run per group
         self.stats = LiveStats()
         self.bar = tqdm(
             total=len(jobs), desc="rollout", unit="ep", disable=not settings.progress, leave=False

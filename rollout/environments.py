@@ -8,6 +8,7 @@ an MCP session runs its calls one after another.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,11 @@ class EnvPool:
         """Close the spare environment (the engine closes the ones it took)."""
         while self._spare:
             await self._spare.pop().aclose()
+
+
+def sample_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+    """K rows drawn with the seed (all rows when n is None), in their dataset order."""
+    if n is None or n >= len(rows):
+        return list(rows)
+    chosen = set(random.Random(seed).sample(range(len(rows)), n))
+    return [row for i, row in enumerate(rows) if i in chosen]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,14 +60,6 @@ class PolicySpec:
         from rollout.local_policy import LocalPolicy
 
         return LocalPolicy.from_pretrained(Path(self.model), adapter_path=self.adapter)
-
-
-def pick_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:
-    """K rows drawn with the seed (all rows when n is None), in their dataset order."""
-    if n is None or n >= len(rows):
-        return list(rows)
-    chosen = set(random.Random(seed).sample(range(len(rows)), n))
-    return [row for i, row in enumerate(rows) if i in chosen]
 
 
 def references(rows: list[Any]) -> dict[str, str]:

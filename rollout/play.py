@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from rollout.errors import PolicyError
 from rollout.policy import Policy, SamplingParams, TurnRequest
 from rollout.trajectory import (
+    ErrorKind,
     Trajectory,
     TrajectoryError,
     TurnTokens,
@@ -81,7 +82,7 @@ class EpisodeRecorder:
             metadata=row_metadata(job.row),
         )
 
-    def fail(self, kind: Any, message: str) -> Trajectory:
+    def fail(self, kind: ErrorKind, message: str) -> Trajectory:
         self.trajectory.error = TrajectoryError(kind=kind, message=message)
         self.trajectory.reward = None
         return self.finish()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -83,13 +82,13 @@ def test_groups_are_recorded_token_exact(
     assert len(trajectories) == 15 == summary.episodes == summary.scored
     assert {t.group_id for t in trajectories} == {r.id for r in rows[:5]}
     assert summary.token_mismatches == 0
+    tools = _tool_specs(http_server)
     for trajectory in trajectories:
         assert trajectory.reward is not None and trajectory.error is None
         assert trajectory.metrics.tool_calls == 2  # the fake agent searches, then reads
         assert len(trajectory.turns) == 3
         # Each turn's prompt ids are the server's rendering of exactly the messages sent.
         assistant_at = [i for i, m in enumerate(trajectory.messages) if m["role"] == "assistant"]
-        tools = json.loads(json.dumps(_tool_specs(http_server)))
         for turn, index in zip(trajectory.turns, assistant_at, strict=True):
             assert turn.prompt_ids == encode(render_prompt(trajectory.messages[:index], tools))
             assert len(turn.logprobs) == len(turn.completion_ids)
