@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/toolgym demo tools --workdir .demo
+	$(BIN)/toolgym demo run --workdir .demo
 
 lint: install
 	$(BIN)/ruff check $(PY_DIRS)

@@ -28,6 +28,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--corpus", type=Path, required=True)
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--count",
+        action="append",
+        default=[],
+        metavar="TASK=N",
+        help="rows of a task type (repeat; only the task types named are built); "
+        "default: lookup=300 ratio=150 growth=150 comparison=100 aggregate=100 difference=100",
+    )
     build.set_defaults(func=cmd_data_build)
     tatqa = data.add_parser("import-tatqa", help="corpus + rows from TAT-QA-format JSON")
     tatqa.add_argument("json", type=Path)
@@ -62,7 +70,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 def cmd_data_build(args: argparse.Namespace) -> int:
     from envs.data.build import build_command
 
-    return build_command(args.corpus, args.out, args.seed)
+    return build_command(args.corpus, args.out, args.seed, args.count)
 
 
 def cmd_data_import_tatqa(args: argparse.Namespace) -> int:

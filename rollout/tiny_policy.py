@@ -43,41 +43,48 @@ QWEN2_SPLIT = (
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-# Qwen2.5's template, shortened system prompt. Tool-call arguments may be a dict (rendered with
-# tojson) or a JSON string (rendered verbatim: it is exactly what the model produced).
+# Qwen2.5's template, except that tools are listed as signatures (short prompts for a tiny
+# model on a CPU) and `{% generation %}` marks what the assistant writes (TRL's assistant-only
+# loss). Tool-call arguments may be a dict (rendered with tojson) or a JSON string (rendered
+# verbatim: it is exactly what the model produced).
 CHAT_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
     "{%- else %}{{- '" + DEFAULT_SYSTEM + "' }}{%- endif %}"
-    '{{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.'
-    "\\n\\nYou are provided with function signatures within <tools></tools> XML tags:"
-    '\\n<tools>" }}'
-    '{%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}'
-    '{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and'
-    " arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>'
-    '<|im_end|>\\n" }}'
+    "{{- '\\n\\n# Tools\\n' }}"
+    "{%- for tool in tools %}"
+    "{%- set fn = tool.function if tool.function is defined else tool %}"
+    "{{- '\\n' + fn.name + '(' }}"
+    # A dataset (Arrow) gives every tool the union of all tools' parameters, unset ones None.
+    "{%- for name, spec in fn.parameters.properties.items() if spec is not none %}"
+    "{{- (', ' if not loop.first else '') + name }}"
+    "{%- endfor %}"
+    "{{- ')' }}"
+    "{%- endfor %}"
+    "{{- '\\n\\nCall a tool with <tool_call>\\n{\"name\": ..., \"arguments\": {...}}\\n</tool_call>' }}"
+    "{{- '<|im_end|>\\n' }}"
     "{%- else %}"
     "{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
     "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first)"
-    " or (message.role == 'assistant' and not message.tool_calls) %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
     "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' }}"
     "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>' + message.role }}"
-    "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
-    "{%- for tool_call in message.tool_calls %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}"
+    "{%- if message.content %}{{- message.content }}"
+    "{%- if message.tool_calls %}{{- '\\n' }}{%- endif %}{%- endif %}"
+    "{%- for tool_call in message.tool_calls or [] %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
+    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
+    '{{- \'<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
     "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
     "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
     "{{- '}\\n</tool_call>' }}"
     "{%- endfor %}"
-    "{{- '<|im_end|>\\n' }}"
+    "{{- '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
     "{%- elif message.role == 'tool' %}"
     "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}"
     "{{- '<|im_start|>user' }}{%- endif %}"

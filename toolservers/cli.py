@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from toolservers.errors import ToolServerError
 DEFAULT_READ_BUDGET = 8000
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """Add the verbs; returns the `demo` group so other packages can add their demos."""
     corpus = sub.add_parser("corpus", help="make a corpus").add_subparsers(
         dest="action", required=True
     )
@@ -31,6 +34,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--search", choices=["dense", "lexical", "hybrid"], default="dense")
     build.add_argument("--faiss-index", choices=["auto", "flat", "hnsw"], default="auto")
+    build.add_argument("--chunk-chars", type=int, default=900, help="largest chunk, characters")
+    build.add_argument("--chunk-overlap", type=int, default=200, help="characters shared")
     build.set_defaults(func=cmd_index_build)
     local = index.add_parser("local-model", help="make an offline embedding model from a corpus")
     local.add_argument("--corpus", type=Path, required=True)
@@ -76,6 +81,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tools.add_argument("--mcp-port", type=int, default=8081)
     tools.add_argument("--check", action="store_true", help="stop after a self-check")
     tools.set_defaults(func=cmd_demo_tools)
+    return demo
 
 
 def cmd_corpus_synth(args: argparse.Namespace) -> int:
@@ -87,13 +93,23 @@ def cmd_corpus_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from toolservers.chunking import ChunkingConfig
     from toolservers.index import SearchMode, build_index
 
+    try:
+        chunking = ChunkingConfig(max_chars=args.chunk_chars, overlap_chars=args.chunk_overlap)
+    except ValidationError as exc:
+        raise ToolServerError(f"--chunk-chars/--chunk-overlap: {exc.errors()[0]['msg']}") from None
+    if chunking.overlap_chars >= chunking.max_chars:
+        raise ToolServerError("--chunk-overlap must be smaller than --chunk-chars")
     manifest = build_index(
         args.corpus,
         search=SearchMode(args.search),
         embedding_model=args.embedding_model,
         index_dir=args.index,
+        chunking=chunking,
         faiss_index=args.faiss_index,
     )
     where = args.index or args.corpus / "index"
@@ -122,6 +138,7 @@ def cmd_index_train_model(args: argparse.Namespace) -> int:
         report = train_retrieval_model(
             args.corpus, base, args.train_rows, args.out, val_rows=args.val_rows, epochs=args.epochs
         )
+    (args.out / "training-report.json").write_text(json.dumps(dataclasses.asdict(report)) + "\n")
     print(f"trained on {report.pairs} question/passage pairs; model in {args.out}")
     if args.val_rows:
         print(

@@ -137,12 +137,30 @@ def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
+def _best_line_start(chunk: Chunk, query: str) -> int:
+    """Offset in `chunk.text` of the line that shares the most query words.
+
+    Words of the document's title (company, form, period) are in every line's context, so
+    they do not count; between equal lines, one that states a figure wins."""
+    title = {w.lower() for w in _WORD.findall(chunk.title)}
+    words = {w.lower() for w in _WORD.findall(query) if len(w) > 2} - title
+    best, best_key, position = 0, (0, False), 0
+    for line in chunk.text.splitlines(keepends=True):
+        shared = len(words & {w.lower() for w in _WORD.findall(line)})
+        key = (shared, any(c.isdigit() for c in line))
+        if shared and key > best_key:
+            best, best_key = position, key
+        position += len(line)
+    return best
+
+
 def snippet(chunk: Chunk, query: str, width: int = 240) -> str:
-    """A one-line excerpt of the chunk, centred on the first query word it contains."""
+    """A one-line excerpt of the chunk, from the line that best matches the query.
+
+    Starting at the best line puts a table row asked about, e.g. ``Operating income | 118.9 |
+    68.9``, at the start of the excerpt: the figure is in the search result itself."""
+    start = len(" ".join(chunk.text[: _best_line_start(chunk, query)].split()))
     flat = " ".join(chunk.text.split())
-    lowered = flat.lower()
-    positions = [lowered.find(w.lower()) for w in _WORD.findall(query) if len(w) > 2]
-    found = [p for p in positions if p >= 0]
-    start = max(0, min(found) - width // 4) if found else 0
+    start = start + 1 if start else 0
     excerpt = flat[start : start + width]
     return ("..." if start > 0 else "") + excerpt + ("..." if start + width < len(flat) else "")

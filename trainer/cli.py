@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="toolgym", description="Train tool-using LLM agents with GRPO."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="<verb>")
-    toolservers_cli.add_commands(sub)
+    demo = toolservers_cli.add_commands(sub)
+    add_demo_run(demo)
     envs_cli.add_commands(sub)
     rollout_cli.add_commands(sub)
     train = sub.add_parser("train", help="GRPO on LoRA against a registered environment")
@@ -28,6 +29,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no live table")
     train.set_defaults(func=cmd_train)
     return parser
+
+
+def add_demo_run(demo: argparse._SubParsersAction) -> None:
+    run = demo.add_parser("run", help="the whole loop offline on a CPU: what `make demo` runs")
+    run.add_argument("--workdir", type=Path, default=Path(".demo"))
+    run.add_argument("--http-port", type=int, default=0, help="default: a free port")
+    run.add_argument("--mcp-port", type=int, default=0, help="default: a free port")
+    run.add_argument("--sft-steps", type=int, default=None, help="warm-start SFT steps")
+    run.add_argument(
+        "--grpo-set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a key of configs/demo-cpu.yaml (e.g. steps=10)",
+    )  # fmt: skip
+    run.add_argument("--seed", type=int, default=0)
+    run.set_defaults(func=cmd_demo_run)
+
+
+def cmd_demo_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from trainer.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        workdir=args.workdir,
+        http_port=args.http_port,
+        mcp_port=args.mcp_port,
+        grpo_overrides=args.grpo_set,
+        seed=args.seed,
+    )
+    if args.sft_steps is not None:
+        settings.warm = dataclasses.replace(settings.warm, max_steps=args.sft_steps)
+    run_demo(settings)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -180,10 +180,22 @@ def build_dataset(
     return summary
 
 
-def build_command(corpus: Path, out: Path, seed: int = 0) -> int:
+def parse_counts(items: list[str]) -> dict[str, int] | None:
+    """`TASK=N` items (CLI) -> counts; None for no items (the defaults)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        task, _, number = item.partition("=")
+        if task not in DEFAULT_COUNTS or not number.isdigit():
+            known = ", ".join(DEFAULT_COUNTS)
+            raise DatasetError([f"--count {item!r}: expected TASK=N with TASK one of {known}"])
+        counts[task] = int(number)
+    return counts or None
+
+
+def build_command(corpus: Path, out: Path, seed: int = 0, counts: list[str] | None = None) -> int:
     """CLI verb: build the dataset and print counts per split, task type and difficulty."""
     try:
-        summary = build_dataset(corpus, out, seed=seed)
+        summary = build_dataset(corpus, out, seed=seed, counts=parse_counts(counts or []))
     except (DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

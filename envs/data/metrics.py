@@ -112,6 +112,15 @@ def period_phrase(label: str, kind: Kind) -> str:
     )
 
 
+def period_end(label: str, kind: Kind) -> str:
+    """The period by its end date, as questions word it: ``three months ended June 30, 2024``,
+    ``year ended December 31, 2024``, ``as of June 30, 2024``."""
+    p = parse_period(label)
+    if kind == "balance":
+        return f"as of {_end(p)}"
+    return f"{'three months' if p.quarter else 'year'} ended {_end(p)}"
+
+
 def short_period(label: str) -> str:
     """Compact wording for enumerations: ``"Q3 2025"``, ``"fiscal 2025"``."""
     p = parse_period(label)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from envs.data.facts import parse_figure
-from envs.data.metrics import METRICS, column_header, short_period
+from envs.data.metrics import METRICS, column_header, period_end
 from envs.data.recipe import FactRef, Recipe, compute
 from envs.data.rows import Row
 
@@ -57,12 +57,17 @@ def recipe_of(row: Row) -> Recipe:
     return Recipe.model_validate(raw)
 
 
+def search_query(fact: FactRef) -> str:
+    """Company, metric and period in the question's own words, e.g. ``Apex Materials revenue
+    three months ended March 31, 2024`` (the period's end date also names the filing)."""
+    info = METRICS[fact.metric]
+    return f"{fact.company} {info.phrase} {period_end(fact.period, info.kind)}"
+
+
 def oracle_plan(row: Row) -> OraclePlan:
     """Search queries (company, metric, period) and the evidence documents to read."""
     recipe = recipe_of(row)
-    queries = [
-        f"{f.company} {METRICS[f.metric].phrase} {short_period(f.period)}" for f in recipe.facts
-    ]
+    queries = [search_query(f) for f in recipe.facts]
     paths = [f.path for f in recipe.facts]
     return OraclePlan(list(dict.fromkeys(queries)), list(dict.fromkeys(paths)))
 

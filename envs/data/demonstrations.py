@@ -1,0 +1,150 @@
+"""Demonstration episodes: the scripted oracle plays rows through a real environment.
+
+A demonstration is an ordinary episode of the environment (its tools over the wire, its
+grader at the end) whose actions come from `oracle_plan`: search for the figure; answer at
+once when the top result states it (a single-figure row); otherwise read each evidence
+document (following its paging notes until the figure shows up) and answer with
+`oracle_answer_from_texts`. Only episodes the grader scores 1.0 are kept, so what a policy
+is fine-tuned on is the environment's own transcript, and it is right.
+
+    async with ... as env:
+        demo = await demonstrate(env, row)
+    demo.messages, demo.tools   # the conversation and the tool specs it was played with
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from envs.data.oracle import OracleError, oracle_answer_from_texts, oracle_plan, recipe_of
+from envs.data.rows import Row
+from envs.tool_env import ToolEnv
+
+__all__ = ["Demonstration", "DemonstrationError", "demonstrate", "record_demonstrations"]
+
+MAX_PAGES = 4
+_NEXT_OFFSET = re.compile(r"call read\(path=.*?, offset=(\d+)\)\.\]\s*$")
+_FIGURE = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+class DemonstrationError(RuntimeError):
+    """The oracle could not finish a row (the documents do not state what it needs)."""
+
+
+class Demonstration(BaseModel):
+    row_id: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    reward: float
+
+
+def _call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
+    function = {"name": name, "arguments": json.dumps(arguments)}
+    return {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+    }
+
+
+async def _step(env: ToolEnv, action: dict[str, Any]) -> str:
+    observation, _, terminated, truncated, info = await env.astep(action)
+    if terminated or truncated:
+        raise DemonstrationError(f"the episode ended early: {info}")
+    return str(observation[0]["content"])
+
+
+def stated_in_top_result(row: Row, search_output: str) -> bool:
+    """Whether the first hit's snippet shows the row's one reference figure."""
+    figures = _FIGURE.findall(row.reference_answer)
+    lines = search_output.splitlines()
+    if len(recipe_of(row).facts) != 1 or len(figures) != 1 or len(lines) < 2:
+        return False
+    return figures[0] in _FIGURE.findall(lines[1])
+
+
+async def demonstrate(
+    env: ToolEnv, row: Row, *, top_k: int = 3, read: bool = True
+) -> Demonstration:
+    """Play `row` with the oracle's actions; the environment runs the tools and grades.
+
+    With `read=False` only rows the top search result answers are demonstrated (the others
+    raise `DemonstrationError`)."""
+    _, info = await env.areset(options={"row_id": row.id})
+    plan = oracle_plan(row)
+    # one search shows the policy how to look things up
+    found = await _step(env, _call("search", {"query": plan.queries[0], "top_k": top_k}, "call_1"))
+    answer = row.reference_answer if stated_in_top_result(row, found) else None
+    if answer is None and not read:
+        raise DemonstrationError(f"row {row.id}: the top search result does not state it")
+    if answer is None:
+        answer = await _read_and_answer(env, row, plan.paths)
+    return await _answer(env, row, answer, info["tools"])
+
+
+async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
+    calls = 1
+    texts: dict[str, str] = {}
+    answer = None
+    for path in paths:
+        arguments: dict[str, Any] = {"path": path}
+        for _ in range(MAX_PAGES):
+            calls += 1
+            part = await _step(env, _call("read", arguments, f"call_{calls}"))
+            texts[path] = texts.get(path, "") + part
+            try:
+                answer = oracle_answer_from_texts(row, texts)
+                break
+            except OracleError:
+                found = _NEXT_OFFSET.search(part)
+                if found is None:
+                    break
+                arguments = {"path": path, "offset": int(found.group(1))}
+    if answer is None:
+        raise DemonstrationError(f"row {row.id}: the documents read do not give the answer")
+    return answer
+
+
+async def _answer(
+    env: ToolEnv, row: Row, answer: str, tools: list[dict[str, Any]]
+) -> Demonstration:
+    _, reward, terminated, _, end = await env.astep(
+        {"role": "assistant", "content": f"Answer: {answer}"}
+    )
+    if not terminated or reward < 1.0:
+        raise DemonstrationError(f"row {row.id}: graded {reward} ({end.get('grade')})")
+    assert env.episode is not None
+    messages = [dict(m) for m in env.episode.state.messages]
+    return Demonstration(row_id=row.id, messages=messages, tools=tools, reward=reward)
+
+
+async def record_demonstrations(
+    env: ToolEnv, rows: Iterable[Row], out: Path, *, top_k: int = 3, read: bool = True
+) -> tuple[int, list[str]]:
+    """Write one JSONL line per demonstrated row; returns (written, problems)."""
+    problems: list[str] = []
+    written = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    with out.open("w") as handle:
+        for row in tqdm(rows, desc="demonstrations", unit="episode", leave=False):
+            try:
+                demo = await demonstrate(env, row, top_k=top_k, read=read)
+            except (DemonstrationError, OracleError) as exc:
+                problems.append(str(exc))
+                continue
+            handle.write(demo.model_dump_json() + "\n")
+            written += 1
+    return written, problems
+
+
+def read_demonstrations(path: Path) -> list[Demonstration]:
+    with path.open() as handle:
+        return [Demonstration.model_validate_json(line) for line in handle if line.strip()]
