@@ -62,7 +62,8 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{{- ')' }}"
     "{%- endfor %}"
-    "{{- '\\n\\nCall a tool with <tool_call>\\n{\"name\": ..., \"arguments\": {...}}\\n</tool_call>' }}"
+    "{{- '\\n\\nCall a tool with <tool_call>\\n' }}"
+    '{{- \'{"name": ..., "arguments": {...}}\\n</tool_call>\' }}'
     "{{- '<|im_end|>\\n' }}"
     "{%- else %}"
     "{%- if messages[0]['role'] == 'system' %}"

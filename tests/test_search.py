@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from toolservers.chunking import Chunk
 from toolservers.corpus import Corpus
 from toolservers.embedding import Embedder, QueryEncoder
 from toolservers.errors import IndexUnusableError, StaleIndexError
 from toolservers.index import SearchMode, build_index, load_index, read_manifest
-from toolservers.search import Searcher
+from toolservers.search import Searcher, snippet
 from toolservers.synth import Fact, load_facts
 
 METRIC_WORDS = {
@@ -162,3 +163,21 @@ def test_query_encoder_batches_concurrent_queries_and_caches(embedding_model: Pa
     asyncio.run(run())
     assert sum(batches) == 40
     assert len(batches) < 40  # coalesced, not one call per query
+
+
+def test_snippet_starts_at_the_line_the_query_asks_about() -> None:
+    text = (
+        "Revenue is recognised when goods ship.\n"
+        "Consolidated statements of operations, three months ended March 31, 2024\n"
+        "Line item        | Q1 2024 | Q1 2023\n"
+        "Revenue          | 1,045.5 | 1,079.9\n"
+        "Operating income |   118.9 |    68.9\n"
+        "Net income       |    83.6 |    41.5\n"
+    )
+    chunk = Chunk(path="filings/acme.html", offset=400, text=text, title="Acme - Form 10-Q")
+    found = snippet(chunk, "Acme operating income three months ended March 31, 2024")
+    assert found.startswith("...Operating income | 118.9 | 68.9 Net income")
+    # words of the title match every line and do not count; no match: from the start
+    assert snippet(chunk, "Acme Form").startswith("Revenue is recognised")
+    # between equally good lines, the one stating a figure wins
+    assert snippet(chunk, "Acme revenue").startswith("...Revenue | 1,045.5")

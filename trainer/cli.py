@@ -36,7 +36,8 @@ def add_demo_run(demo: argparse._SubParsersAction) -> None:
     run.add_argument("--workdir", type=Path, default=Path(".demo"))
     run.add_argument("--http-port", type=int, default=0, help="default: a free port")
     run.add_argument("--mcp-port", type=int, default=0, help="default: a free port")
-    run.add_argument("--sft-steps", type=int, default=None, help="warm-start SFT steps")
+    run.add_argument("--sft-turn-steps", type=int, default=None, help="SFT stage 1 steps")
+    run.add_argument("--sft-steps", type=int, default=None, help="SFT stage 2 steps")
     run.add_argument(
         "--grpo-set", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of configs/demo-cpu.yaml (e.g. steps=10)",
@@ -59,6 +60,8 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
     )
     if args.sft_steps is not None:
         settings.warm = dataclasses.replace(settings.warm, max_steps=args.sft_steps)
+    if args.sft_turn_steps is not None:
+        settings.warm = dataclasses.replace(settings.warm, turn_steps=args.sft_turn_steps)
     run_demo(settings)
     return 0
 

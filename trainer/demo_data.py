@@ -11,8 +11,7 @@ from envs.data.metrics import METRICS
 from envs.data.recipe import Recipe
 from envs.data.rows import Row, load_rows, write_rows
 
-Toolgym = Callable[..., int]
-LOOKUP_ROWS = 2000  # enough quarterly lookups for a train split and a val split
+Toolgym = Callable[..., int]  # `toolgym <verb> ...` in this process (trainer.demo.toolgym)
 # Short chunks: a search hit's best chunk is then the few table rows that hold the figure.
 CHUNK_CHARS, CHUNK_OVERLAP = 300, 100
 
@@ -20,7 +19,7 @@ CHUNK_CHARS, CHUNK_OVERLAP = 300, 100
 @dataclass(frozen=True)
 class DemoData:
     corpus: Path
-    all_train: Path  # every built row (trains the embedding model)
+    all_train: Path  # the standard question mix: trains the embedding model, reports recall
     all_val: Path
     train: Path  # the demo's rows
     val: Path
@@ -54,23 +53,29 @@ def _select(source: Path, out: Path) -> int:
     return len(rows)
 
 
-def prepare_data(work: Path, seed: int, toolgym: Toolgym) -> DemoData:
+def prepare_data(work: Path, seed: int, lookup_rows: int, toolgym: Toolgym) -> DemoData:
     corpus, data = work / "corpus", work / "data"
     if not (corpus / "facts.jsonl").is_file():
         _check(toolgym("corpus", "synth", "--out", corpus, "--seed", seed), "corpus synth")
     else:
         print(f"corpus: reusing {corpus}")
     if not (data / "val.jsonl").is_file():
+        _check(toolgym("data", "build", "--corpus", corpus, "--out", data, "--seed", seed), "data")
+    lookups = data / "lookups"
+    if not (lookups / "val.jsonl").is_file():
         _check(
-            toolgym("data", "build", "--corpus", corpus, "--out", data, "--seed", seed,
-                    "--count", f"lookup={LOOKUP_ROWS}"),
+            toolgym("data", "build", "--corpus", corpus, "--out", lookups, "--seed", seed,
+                    "--count", f"lookup={lookup_rows}"),
             "data build",
         )  # fmt: skip
     result = DemoData(
         corpus, data / "train.jsonl", data / "val.jsonl", data / "demo-train.jsonl",
         data / "demo-val.jsonl",
     )  # fmt: skip
-    kept = [_select(result.all_train, result.train), _select(result.all_val, result.val)]
+    kept = [
+        _select(lookups / "train.jsonl", result.train),
+        _select(lookups / "val.jsonl", result.val),
+    ]
     print(
         f"demo rows (quarterly statement-of-operations lookups): {kept[0]} train -> "
         f"{result.train}, {kept[1]} val -> {result.val}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from envs.data.demonstrations import Demonstration, read_demonstrations, record_demonstrations
 from envs.data.rows import load_rows
+from envs.tool_env import ToolEnv
 from trainer.errors import TrainerError
 
 
@@ -21,7 +22,9 @@ class PolicyShape:
     max_position_embeddings: int = 2048
 
 
-async def record_demos(env_id: str, rows_path: Path, mcp_url: str, out: Path) -> list[Demonstration]:
+async def record_demos(
+    env_id: str, rows_path: Path, mcp_url: str, out: Path
+) -> list[Demonstration]:
     """Play every row with the oracle through `env_id`, its tools reached over MCP."""
     import gymnasium as gym
 
@@ -29,6 +32,8 @@ async def record_demos(env_id: str, rows_path: Path, mcp_url: str, out: Path) ->
     env = gym.make(
         env_id, disable_env_checker=True, dataset=rows, tools_url=mcp_url, transport="mcp"
     ).unwrapped
+    if not isinstance(env, ToolEnv):
+        raise TrainerError(f"{env_id} is not a ToolEnv; demonstrations need one")
     try:
         # top_k=1 and no reads: short episodes a small model can learn in minutes
         written, problems = await record_demonstrations(env, rows, out, top_k=1, read=False)
@@ -42,7 +47,7 @@ async def record_demos(env_id: str, rows_path: Path, mcp_url: str, out: Path) ->
 
 
 def demonstration_texts(demos: list[Demonstration]) -> Iterator[str]:
-    """What the policy will read and write: message texts and tool calls as the template shows them."""
+    """What the policy reads and writes: the texts, and tool calls as the template shows them."""
     for demo in demos:
         for message in demo.messages:
             yield str(message.get("content") or "")

@@ -63,6 +63,8 @@ async def _step(env: ToolEnv, action: dict[str, Any]) -> str:
 
 def stated_in_top_result(row: Row, search_output: str) -> bool:
     """Whether the first hit's snippet shows the row's one reference figure."""
+    if not isinstance(row.reference_answer, str):
+        return False
     figures = _FIGURE.findall(row.reference_answer)
     lines = search_output.splitlines()
     if len(recipe_of(row).facts) != 1 or len(figures) != 1 or len(lines) < 2:
@@ -81,7 +83,7 @@ async def demonstrate(
     plan = oracle_plan(row)
     # one search shows the policy how to look things up
     found = await _step(env, _call("search", {"query": plan.queries[0], "top_k": top_k}, "call_1"))
-    answer = row.reference_answer if stated_in_top_result(row, found) else None
+    answer = str(row.reference_answer) if stated_in_top_result(row, found) else None
     if answer is None and not read:
         raise DemonstrationError(f"row {row.id}: the top search result does not state it")
     if answer is None:
