@@ -295,6 +295,12 @@ class LocalPolicy:
     def _load(self, path: Path, name: str) -> None:
         if name == self.base_name or name in self._adapters:
             raise AdapterError(f"the name {name!r} is already in use; load under a new name")
+        from transformers.utils import logging as hf_logging
+
+        # The load report lists the *other* adapters' weights as MISSING on every load after
+        # the first: true of the checkpoint, not a problem, and a page of noise per step.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             with warnings.catch_warnings():  # PEFT warns on every adapter after the first
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -302,6 +308,8 @@ class LocalPolicy:
                 self.hf_model.load_adapter(str(path), adapter_name=name)
         except Exception as exc:
             raise AdapterError(f"cannot load the adapter {name!r} from {path}: {exc}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
         self._adapters[name] = path
 
     def _unload(self, name: str) -> None:

@@ -57,7 +57,10 @@ CHAT_TEMPLATE = (
     "{%- set fn = tool.function if tool.function is defined else tool %}"
     "{{- '\\n' + fn.name + '(' }}"
     # A dataset (Arrow) gives every tool the union of all tools' parameters, unset ones None.
-    "{%- for name, spec in fn.parameters.properties.items() if spec is not none %}"
+    "{%- set params = fn.parameters if fn.parameters is defined and fn.parameters else {} %}"
+    "{%- set props = params.properties if params.properties is defined and params.properties"
+    " else {} %}"
+    "{%- for name, spec in props.items() if spec is not none %}"
     "{{- (', ' if not loop.first else '') + name }}"
     "{%- endfor %}"
     "{{- ')' }}"

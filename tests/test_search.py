@@ -174,10 +174,11 @@ def test_snippet_starts_at_the_line_the_query_asks_about() -> None:
         "Operating income |   118.9 |    68.9\n"
         "Net income       |    83.6 |    41.5\n"
     )
-    chunk = Chunk(path="filings/acme.html", offset=400, text=text, title="Acme - Form 10-Q")
+    title = "Acme - Form 10-Q: Quarterly report for the quarter ended March 31, 2024"
+    chunk = Chunk(path="filings/acme.html", offset=400, text=text, title=title)
     found = snippet(chunk, "Acme operating income three months ended March 31, 2024")
     assert found.startswith("...Operating income | 118.9 | 68.9 Net income")
     # words of the title match every line and do not count; no match: from the start
     assert snippet(chunk, "Acme Form").startswith("Revenue is recognised")
-    # between equally good lines, the one stating a figure wins
+    # between lines sharing as many words, the one with fewer other words (the table row) wins
     assert snippet(chunk, "Acme revenue").startswith("...Revenue | 1,045.5")

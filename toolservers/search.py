@@ -141,13 +141,15 @@ def _best_line_start(chunk: Chunk, query: str) -> int:
     """Offset in `chunk.text` of the line that shares the most query words.
 
     Words of the document's title (company, form, period) are in every line's context, so
-    they do not count; between equal lines, one that states a figure wins."""
+    they do not count. Between lines sharing as many, the one with fewer other words wins: a
+    table row (`Operating income | 118.9 | 68.9`) over a heading or a sentence."""
     title = {w.lower() for w in _WORD.findall(chunk.title)}
     words = {w.lower() for w in _WORD.findall(query) if len(w) > 2} - title
-    best, best_key, position = 0, (0, False), 0
+    best, best_key, position = 0, (0, 0.0), 0
     for line in chunk.text.splitlines(keepends=True):
-        shared = len(words & {w.lower() for w in _WORD.findall(line)})
-        key = (shared, any(c.isdigit() for c in line))
+        line_words = {w.lower() for w in _WORD.findall(line) if not w.isdigit()}
+        shared = len(words & line_words)
+        key = (shared, shared / max(len(line_words), 1))
         if shared and key > best_key:
             best, best_key = position, key
         position += len(line)

@@ -42,6 +42,14 @@ def add_demo_run(demo: argparse._SubParsersAction) -> None:
         "--grpo-set", action="append", default=[], metavar="KEY=VALUE",
         help="override a key of configs/demo-cpu.yaml (e.g. steps=10)",
     )  # fmt: skip
+    run.add_argument(
+        "--reuse-policy", action="store_true",
+        help="keep the warm-started policy of an earlier run in --workdir (GRPO onwards only)",
+    )  # fmt: skip
+    run.add_argument(
+        "--no-signal-gate", action="store_true",
+        help="go on to GRPO even when the prior check finds few rows to learn from",
+    )  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.set_defaults(func=cmd_demo_run)
 
@@ -56,6 +64,8 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         mcp_port=args.mcp_port,
         grpo_overrides=args.grpo_set,
+        reuse_policy=args.reuse_policy,
+        require_signal=not args.no_signal_gate,
         seed=args.seed,
     )
     if args.sft_steps is not None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class DemoSettings:
     prior_rows: int = 16
     prior_attempts: int = 8
     require_signal: bool = True  # stop when the prior check finds nothing to learn
+    reuse_policy: bool = False  # keep a warm-started policy from an earlier run (GRPO only)
     grpo_overrides: list[str] = field(default_factory=list)
     eval_rows: int | None = None  # None: every val row
     eval_attempts: int = 4
@@ -157,21 +159,31 @@ def _run_with_servers(
     servers: ToolServers,
 ) -> None:
     steps.begin("small policy: build, warm-start on demonstrations (TRL SFT), prior check")
-    demos = asyncio.run(record_demos(ENV_ID, data.train, servers.mcp_url, work / "demos.jsonl"))
-    print(f"{len(demos)} demonstration episodes played over MCP ({servers.mcp_url})")
-    initial = build_policy(work / "policy-init", demos, settings.shape, settings.seed)
-    policy = warm_start(initial, demos, work / "policy", settings.warm)
+    policy = work / "policy"
+    if settings.reuse_policy and (policy / "config.json").is_file():
+        print(f"reusing the warm-started policy in {policy}")
+    else:
+        demos = asyncio.run(record_demos(ENV_ID, data.train, servers.mcp_url, work / "demos.jsonl"))
+        print(f"{len(demos)} demonstration episodes played over MCP ({servers.mcp_url})")
+        initial = build_policy(work / "policy-init", demos, settings.shape, settings.seed)
+        warm_start(initial, demos, policy, settings.warm)
     prior = work / "prior-check.jsonl"
-    code = toolgym(
+    toolgym(
         "prior-check", "--env", ENV_ID, "--policy", "local", "--model", policy,
         "--rows", settings.prior_rows, "--attempts", settings.prior_attempts,
         "--max-tokens", 80, "--concurrency", 64, "--out", prior,
     )  # fmt: skip
     result.figures["prior_check"] = _prior_figures(prior)
-    if settings.require_signal:
-        must(code, "the prior check (no rows in the signal band: GRPO would have nothing to learn)")
+    # GRPO needs rows it sometimes solves; the verdict's stricter shares are advice, this is not
+    if settings.require_signal and not result.figures["prior_check"].get("in_band"):
+        raise TrainerError(
+            "demo stopped: the prior check found no row in the signal band (solved sometimes, "
+            "not always), so GRPO would have nothing to learn; warm-start longer (--sft-steps)"
+        )
     steps.begin("GRPO with LoRA (rollout engine + trainer, adapter published each step)")
     run_dir = work / "grpo"
+    for old in (run_dir, work / "eval"):  # a new policy: earlier results no longer apply
+        shutil.rmtree(old, ignore_errors=True)
     must(
         toolgym(
             "train", "--config", CONFIG,

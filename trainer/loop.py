@@ -89,6 +89,7 @@ class Run:
     train_rows: list[Any]
     val_rows: list[Any]
     metrics: MetricsLog
+    val_pool: EnvPool | None = None  # environments over the val rows (else `pool`)
 
     def settings(
         self, group_size: int, prefix: str, version: str, temperature: float | None = None
@@ -119,9 +120,11 @@ class Run:
         prefix: str,
         version: str,
         temperature: float | None = None,
+        pool: EnvPool | None = None,
     ) -> RolloutSummary:
         settings = self.settings(group_size, prefix, version, temperature)
-        return await run_rollouts(rows, self.pool.factory(), self.policy, settings, out)
+        factory = (pool or self.pool).factory()
+        return await run_rollouts(rows, factory, self.policy, settings, out)
 
 
 async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any], str]:
@@ -182,7 +185,7 @@ async def evaluate(run: Run, step: int, version: str) -> float:
     rows = run.val_rows[: config.eval_rows] if config.eval_rows else run.val_rows
     out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
     summary = await run.rollouts(
-        rows, 1, out, f"eval{step}/", version, temperature=config.eval_temperature
+        rows, 1, out, f"eval{step}/", version, config.eval_temperature, run.val_pool
     )
     return summary.reward.mean
 

@@ -60,7 +60,8 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
         raise ConfigError("train_dataset: set the train rows (JSONL) or environment.kwargs.dataset")
     config.output_dir.mkdir(parents=True, exist_ok=True)
     pool = make_pool(config, config.train_dataset)
-    val_rows = make_pool(config, config.val_dataset).rows if config.val_dataset else []
+    val_pool = make_pool(config, config.val_dataset) if config.val_dataset else None
+    val_rows = val_pool.rows if val_pool else []
     adapters = config.output_dir / "adapters"
     model, tokenizer = load_trainable(config, adapters / state.version if state else None)
     optimizer, scheduler = make_optimizer(model, config)
@@ -73,7 +74,7 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     await publisher.publish(path, version)
     metrics = MetricsLog(config.output_dir, echo=echo)
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, publisher, pool,
-              pool.rows, val_rows, metrics)  # fmt: skip
+              pool.rows, val_rows, metrics, val_pool)  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)
     finally:

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WarmStartSettings:
-    turn_steps: int = 400  # stage 1: single turns (0 skips it)
+    turn_steps: int = 500  # stage 1: single turns (0 skips it)
     turn_batch_size: int = 64
-    max_steps: int = 200  # stage 2: whole episodes
+    max_steps: int = 150  # stage 2: whole episodes
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 20

@@ -2,7 +2,8 @@
 
 A demonstration is an ordinary episode of the environment (its tools over the wire, its
 grader at the end) whose actions come from `oracle_plan`: search for the figure; answer at
-once when the top result states it (a single-figure row); otherwise read each evidence
+once when the top result states it (a single-figure row that does not require `read`);
+otherwise read each evidence
 document (following its paging notes until the figure shows up) and answer with
 `oracle_answer_from_texts`. Only episodes the grader scores 1.0 are kept, so what a policy
 is fine-tuned on is the environment's own transcript, and it is right.
@@ -83,7 +84,11 @@ async def demonstrate(
     plan = oracle_plan(row)
     # one search shows the policy how to look things up
     found = await _step(env, _call("search", {"query": plan.queries[0], "top_k": top_k}, "call_1"))
-    answer = str(row.reference_answer) if stated_in_top_result(row, found) else None
+    # answering from the search result alone is right only for rows that do not require a read
+    may_skip_read = "read" not in row.expected.must_use_tools
+    answer = (
+        str(row.reference_answer) if may_skip_read and stated_in_top_result(row, found) else None
+    )
     if answer is None and not read:
         raise DemonstrationError(f"row {row.id}: the top search result does not state it")
     if answer is None:

@@ -53,14 +53,20 @@ def test_every_lookup_is_demonstrated_with_full_reward(
         assert first_call["name"] == "search"
         assert json.loads(first_call["arguments"])["top_k"] == 3
         assert {t["function"]["name"] for t in demo.tools} == {"search", "list", "read"}
-        # answered straight from the search result exactly when the result states the figure
-        answered_from_search = roles == ["system", "user", "assistant", "tool", "assistant"]
-        assert answered_from_search == stated_in_top_result(row, demo.messages[3]["content"])
+        # these rows require `read`: never answered from the search result alone
+        assert "read" in row.expected.must_use_tools and "read" in str(demo.messages[4])
 
 
 def test_without_reads_only_rows_the_search_answers_are_demonstrated(
     mcp_server: LiveServer, lookups: list[Row]
 ) -> None:
+    # rows that only require `search` (as the demo's rows do)
+    lookups = [
+        row.model_copy(
+            update={"expected": row.expected.model_copy(update={"must_use_tools": ["search"]})}
+        )
+        for row in lookups
+    ]
     env = make_tool_env(lookups, mcp_server.url + "/mcp", TOKENS[0], transport="mcp")
 
     async def play() -> list[str]:
@@ -74,6 +80,7 @@ def test_without_reads_only_rows_the_search_answers_are_demonstrated(
                     outcomes.append("skipped")
                     continue
                 assert len(demo.messages) == 5 and demo.reward == 1.0
+                assert stated_in_top_result(row, demo.messages[3]["content"])
                 figure = re.findall(r"\d[\d,]*(?:\.\d+)?", str(row.reference_answer))[0]
                 assert figure in demo.messages[3]["content"].splitlines()[1]
                 outcomes.append("answered")

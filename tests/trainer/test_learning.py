@@ -97,15 +97,17 @@ def rewards(out: Path) -> list[float]:
 @pytest.mark.slow
 def test_mean_reward_rises_from_low_to_high(tiny_model: Path, dataset: Path, tmp_path: Path):
     out = tmp_path / "run"
-    cfg = config(tiny_model, dataset, out, val_dataset=str(dataset), eval_every=10)
+    cfg = config(tiny_model, dataset, out, val_dataset=str(dataset), eval_every=10, steps=40)
     result = asyncio.run(train(cfg, echo=False))
     curve = rewards(out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evaluated = {r["step"]: r["val_reward"] for r in rows if r.get("val_reward") is not None}
-    assert set(evaluated) == {0, 10, 20, 25}  # before training, every 10 steps, at the end
-    assert evaluated[25] > evaluated[0]
-    assert curve[0] <= 0.3, curve
-    assert max(sum(curve[i : i + 3]) / 3 for i in range(len(curve) - 2)) >= 0.7, curve
+    assert set(evaluated) == {0, 10, 20, 30, 40}  # before training, then every 10 steps
+    assert evaluated[40] > evaluated[0]
+    assert curve[0] <= 0.05, curve
+    # from ~0 to half the answer's characters being digits (with the signature-style tool list
+    # of the tiny template this takes ~40 steps; it reached 1.0 by step 10 with JSON specs)
+    assert max(sum(curve[i : i + 3]) / 3 for i in range(len(curve) - 2)) >= 0.45, curve
     assert result.curves.is_file()
     assert (out / "adapters" / result.version / "adapter_config.json").is_file()
 
