@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         RolloutError,
         TrainerError,
         StartupRefusedError,
-        FileNotFoundError,
+        OSError,  # a path that is missing, unwritable, or a port in use
     ) as exc:
         print(f"toolgym: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from trainer.demo_data import DemoData, prepare_data, prepare_search
 from trainer.demo_policy import PolicyShape, build_policy, record_demos
 from trainer.demo_servers import ToolServers
 from trainer.errors import TrainerError
@@ -111,8 +112,6 @@ def write_env_file(path: Path, dataset: Path, tools_url: str, settings: DemoSett
 
 
 def run_demo(settings: DemoSettings) -> DemoResult:
-    from trainer.demo_data import prepare_data, prepare_search
-
     work = settings.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     steps = Steps(7)
@@ -155,7 +154,7 @@ def _run_with_servers(
     steps: Steps,
     result: DemoResult,
     work: Path,
-    data: Any,
+    data: DemoData,
     servers: ToolServers,
 ) -> None:
     steps.begin("small policy: build, warm-start on demonstrations (TRL SFT), prior check")
@@ -197,12 +196,13 @@ def _run_with_servers(
     adapter = sorted((run_dir / "adapters").glob("v*"))[-1]
     steps.begin("evaluation: warm-started (base) vs GRPO-tuned on the val rows")
     eval_dir = work / "eval"
+    some_rows: list[str | float] = ["--n", settings.eval_rows] if settings.eval_rows else []
     must(
         toolgym(
             "eval", "--env", ENV_ID, "--dataset", data.val, "--base", policy,
             "--tuned", f"{policy}+{adapter}", "--attempts", settings.eval_attempts,
             "--temperature", 1.0, "--max-tokens", 80, "--out", eval_dir,
-            *(["--n", settings.eval_rows] if settings.eval_rows else []),
+            *some_rows,
         ),
         "evaluation",
     )  # fmt: skip
