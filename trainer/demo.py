@@ -119,7 +119,7 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     steps.begin("corpus and questions")
     data = prepare_data(work, settings.seed, settings.lookup_rows, toolgym)
     steps.begin("embedding model trained on the corpus, search index")
-    result.figures["recall_at_5"] = prepare_search(work, data, toolgym)
+    result.figures["recall_at_5"] = round(prepare_search(work, data, toolgym), 3)
     steps.begin("tool servers (HTTP + MCP) with a fresh bearer token")
     token = secrets.token_urlsafe(24)
     os.environ["TOOL_BEARER"] = token  # the verbs below read it, as a user's shell would
