@@ -13,15 +13,12 @@ minutes on a CPU. Then the whole episodes, as the policy will play them.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs.data.demonstrations import Demonstration
 from trainer.errors import TrainerError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
