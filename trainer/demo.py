@@ -82,18 +82,17 @@ class Steps:
         return time.monotonic() - self.started
 
 
-def toolgym(*argv: str | Path | float) -> int:
-    """Run one `toolgym` verb in this process, showing the command first."""
+def toolgym(*argv: str | Path | float, check: bool = True) -> int:
+    """Run one `toolgym` verb in this process, showing the command first; a failure (non-zero
+    exit) stops the demo unless `check` is off."""
     from trainer.cli import main
 
     args = [str(a) for a in argv]
     print("$ toolgym " + " ".join(args), flush=True)
-    return main(args)
-
-
-def must(code: int, what: str) -> None:
-    if code != 0:
-        raise TrainerError(f"demo stopped: {what} failed (exit {code}); see the output above")
+    code = main(args)
+    if check and code != 0:
+        raise TrainerError(f"demo stopped: `toolgym {args[0]}` failed (exit {code}); see above")
+    return code
 
 
 def write_env_file(path: Path, dataset: Path, tools_url: str, settings: DemoSettings) -> None:
@@ -167,10 +166,10 @@ def _run_with_servers(
         initial = build_policy(work / "policy-init", demos, settings.shape, settings.seed)
         warm_start(initial, demos, policy, settings.warm)
     prior = work / "prior-check.jsonl"
-    toolgym(
+    toolgym(  # its exit code is its verdict; the gate below is the demo's own
         "prior-check", "--env", ENV_ID, "--policy", "local", "--model", policy,
         "--rows", settings.prior_rows, "--attempts", settings.prior_attempts,
-        "--max-tokens", 80, "--concurrency", 64, "--out", prior,
+        "--max-tokens", 80, "--concurrency", 64, "--out", prior, check=False,
     )  # fmt: skip
     result.figures["prior_check"] = _prior_figures(prior)
     # GRPO needs rows it sometimes solves; the verdict's stricter shares are advice, this is not
@@ -183,28 +182,21 @@ def _run_with_servers(
     run_dir = work / "grpo"
     for old in (run_dir, work / "eval"):  # a new policy: earlier results no longer apply
         shutil.rmtree(old, ignore_errors=True)
-    must(
-        toolgym(
-            "train", "--config", CONFIG,
-            "--set", f"base_model={policy}", "--set", f"environment.id={ENV_ID}",
-            "--set", f"train_dataset={data.train}", "--set", f"val_dataset={data.val}",
-            "--set", f"output_dir={run_dir}", "--set", f"seed={settings.seed}",
-            *[x for item in settings.grpo_overrides for x in ("--set", item)],
-        ),
-        "GRPO training",
+    toolgym(
+        "train", "--config", CONFIG,
+        "--set", f"base_model={policy}", "--set", f"environment.id={ENV_ID}",
+        "--set", f"train_dataset={data.train}", "--set", f"val_dataset={data.val}",
+        "--set", f"output_dir={run_dir}", "--set", f"seed={settings.seed}",
+        *[x for item in settings.grpo_overrides for x in ("--set", item)],
     )  # fmt: skip
     adapter = sorted((run_dir / "adapters").glob("v*"))[-1]
     steps.begin("evaluation: warm-started (base) vs GRPO-tuned on the val rows")
     eval_dir = work / "eval"
     some_rows: list[str | float] = ["--n", settings.eval_rows] if settings.eval_rows else []
-    must(
-        toolgym(
-            "eval", "--env", ENV_ID, "--dataset", data.val, "--base", policy,
-            "--tuned", f"{policy}+{adapter}", "--attempts", settings.eval_attempts,
-            "--temperature", 1.0, "--max-tokens", 80, "--out", eval_dir,
-            *some_rows,
-        ),
-        "evaluation",
+    toolgym(
+        "eval", "--env", ENV_ID, "--dataset", data.val, "--base", policy,
+        "--tuned", f"{policy}+{adapter}", "--attempts", settings.eval_attempts,
+        "--temperature", 1.0, "--max-tokens", 80, "--out", eval_dir, *some_rows,
     )  # fmt: skip
     steps.begin("results")
     result.figures |= _eval_figures(eval_dir)

@@ -11,7 +11,7 @@ from envs.data.metrics import METRICS
 from envs.data.recipe import Recipe
 from envs.data.rows import Row, load_rows, write_rows
 
-Toolgym = Callable[..., int]  # `toolgym <verb> ...` in this process (trainer.demo.toolgym)
+Toolgym = Callable[..., int]  # `toolgym <verb> ...` in this process, raising on failure
 # Short chunks: a search hit's best chunk is then the few table rows that hold the figure.
 CHUNK_CHARS, CHUNK_OVERLAP = 300, 100
 
@@ -56,18 +56,15 @@ def _select(source: Path, out: Path) -> int:
 def prepare_data(work: Path, seed: int, lookup_rows: int, toolgym: Toolgym) -> DemoData:
     corpus, data = work / "corpus", work / "data"
     if not (corpus / "facts.jsonl").is_file():
-        _check(toolgym("corpus", "synth", "--out", corpus, "--seed", seed), "corpus synth")
+        toolgym("corpus", "synth", "--out", corpus, "--seed", seed)
     else:
         print(f"corpus: reusing {corpus}")
     if not (data / "val.jsonl").is_file():
-        _check(toolgym("data", "build", "--corpus", corpus, "--out", data, "--seed", seed), "data")
+        toolgym("data", "build", "--corpus", corpus, "--out", data, "--seed", seed)
     lookups = data / "lookups"
     if not (lookups / "val.jsonl").is_file():
-        _check(
-            toolgym("data", "build", "--corpus", corpus, "--out", lookups, "--seed", seed,
-                    "--count", f"lookup={lookup_rows}"),
-            "data build",
-        )  # fmt: skip
+        toolgym("data", "build", "--corpus", corpus, "--out", lookups, "--seed", seed,
+                "--count", f"lookup={lookup_rows}")  # fmt: skip
     result = DemoData(
         corpus, data / "train.jsonl", data / "val.jsonl", data / "demo-train.jsonl",
         data / "demo-val.jsonl",
@@ -88,24 +85,11 @@ def prepare_search(work: Path, data: DemoData, toolgym: Toolgym) -> float:
     model = work / "embedding-model"
     report = model / "training-report.json"
     if not report.is_file():
-        _check(
-            toolgym("index", "train-model", "--corpus", data.corpus, "--train-rows",
-                    data.all_train, "--val-rows", data.all_val, "--out", model),
-            "index train-model",
-        )  # fmt: skip
+        toolgym("index", "train-model", "--corpus", data.corpus, "--train-rows",
+                data.all_train, "--val-rows", data.all_val, "--out", model)  # fmt: skip
     recall = float(json.loads(report.read_text())["recall_after"])
     print(f"recall@5 of the evidence document on the val questions: {recall:.2f}")
-    _check(
-        toolgym("index", "build", "--corpus", data.corpus, "--search", "hybrid",
-                "--embedding-model", model, "--chunk-chars", CHUNK_CHARS,
-                "--chunk-overlap", CHUNK_OVERLAP),
-        "index build",
-    )  # fmt: skip
+    toolgym("index", "build", "--corpus", data.corpus, "--search", "hybrid",
+            "--embedding-model", model, "--chunk-chars", CHUNK_CHARS,
+            "--chunk-overlap", CHUNK_OVERLAP)  # fmt: skip
     return recall
-
-
-def _check(code: int, what: str) -> None:
-    from trainer.errors import TrainerError
-
-    if code != 0:
-        raise TrainerError(f"demo stopped: `toolgym {what}` failed (exit {code})")

@@ -24,14 +24,19 @@ from typing import Any
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from envs.data.oracle import OracleError, oracle_answer_from_texts, oracle_plan, recipe_of
+from envs.data.oracle import (
+    OracleError,
+    next_read_offset,
+    oracle_answer_from_texts,
+    oracle_plan,
+    recipe_of,
+)
 from envs.data.rows import Row
 from envs.tool_env import ToolEnv
 
 __all__ = ["Demonstration", "DemonstrationError", "demonstrate", "record_demonstrations"]
 
 MAX_PAGES = 4
-_NEXT_OFFSET = re.compile(r"call read\(path=.*?, offset=(\d+)\)\.\]\s*$")
 _FIGURE = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
@@ -110,10 +115,10 @@ async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
                 answer = oracle_answer_from_texts(row, texts)
                 break
             except OracleError:
-                found = _NEXT_OFFSET.search(part)
-                if found is None:
+                offset = next_read_offset(part)
+                if offset is None:
                     break
-                arguments = {"path": path, "offset": int(found.group(1))}
+                arguments = {"path": path, "offset": offset}
     if answer is None:
         raise DemonstrationError(f"row {row.id}: the documents read do not give the answer")
     return answer

@@ -101,15 +101,12 @@ def _end(p: Period) -> str:
 
 def period_phrase(label: str, kind: Kind) -> str:
     """Unambiguous wording: the quarter or fiscal year and its end date."""
-    p = parse_period(label)
+    p, end = parse_period(label), period_end(label, kind)
     if kind == "balance":
-        return f"as of {_end(p)}"
+        return end
     if p.quarter is None:
-        return f"in fiscal year {p.year} (the year ended {_end(p)})"
-    return (
-        f"in the {_ORDINALS[p.quarter - 1]} quarter of fiscal {p.year} "
-        f"(the three months ended {_end(p)})"
-    )
+        return f"in fiscal year {p.year} (the {end})"
+    return f"in the {_ORDINALS[p.quarter - 1]} quarter of fiscal {p.year} (the {end})"
 
 
 def period_end(label: str, kind: Kind) -> str:

@@ -29,13 +29,14 @@ __all__ = [
     "OracleError",
     "OraclePlan",
     "find_figure",
+    "next_read_offset",
     "oracle_answer_from_texts",
     "oracle_plan",
     "strip_paging",
 ]
 
 _RULE = re.compile(r"^-+(-\+-+)+$")
-_PAGING_NOTE = re.compile(r"\n?\[Showing characters \d+-\d+ of \d+\. [^\n]*?offset=\d+\)\.\]")
+_PAGING_NOTE = re.compile(r"\n?\[Showing characters \d+-\d+ of \d+\. [^\n]*?offset=(\d+)\)\.\]")
 
 
 class OracleError(ValueError):
@@ -75,6 +76,12 @@ def oracle_plan(row: Row) -> OraclePlan:
 def strip_paging(text: str) -> str:
     """Concatenated ``read`` outputs without their paging notes: the document's own text."""
     return _PAGING_NOTE.sub("", text)
+
+
+def next_read_offset(part: str) -> int | None:
+    """The offset a ``read`` output's paging note says to continue from; None at the end."""
+    notes = _PAGING_NOTE.findall(part)
+    return int(notes[-1]) if notes else None
 
 
 def _tables(text: str) -> Iterator[tuple[list[str], list[list[str]]]]:
