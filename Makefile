@@ -1,16 +1,44 @@
 # make demo: install into .venv and run the main job.  make test: install and run every check.
+#
+# Installs come only from the committed lock files (exact versions, sha256 hashes):
+#   requirements.lock      what toolgym runs on (the Docker image installs this one)
+#   requirements-dev.lock  the same pins plus the test and lock tools (.venv installs this one)
+# torch is the one package outside the hashes: its build depends on the machine (CPU or CUDA),
+# so it is installed at the exact version pyproject pins, from TORCH_INDEX when that is set:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128   # a CUDA build
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu     # the CPU build, online
+# `make lock` re-resolves the locks after a pyproject change (keeping every pin it can);
+# `make upgrade` moves every pin to the newest release that resolves, then runs `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PY_DIRS := toolservers envs rollout trainer benchmarks tests
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+INSTALL_LOG := $(VENV)/install.log
+COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	--strip-extras --all-build-deps --unsafe-package torch --no-emit-find-links \
+	--no-emit-index-url
 
-.PHONY: install demo test lint typecheck unit docker-engine clean
+.PHONY: install demo test lint typecheck unit docker-engine lock upgrade clean
 
-$(STAMP): pyproject.toml
+# Each step logs to $(INSTALL_LOG); a failing step prints that log's tail and stops make.
+logged = $(1) >$(INSTALL_LOG) 2>&1 || { tail -n 30 $(INSTALL_LOG); echo "install failed: $(2)"; exit 1; }
+
+$(STAMP): pyproject.toml $(DEV_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@echo "install: $(DEV_LOCK) (exact versions, hashes checked)"
+	@$(call logged,$(PIP) install --require-hashes --no-deps -r $(DEV_LOCK),$(DEV_LOCK))
+	@echo "install: $(TORCH_PIN) $(if $(TORCH_INDEX),from $(TORCH_INDEX))"
+	@$(call logged,$(PIP) install '$(TORCH_PIN)' $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)),torch)
+	@echo "install: toolgym (editable, no dependencies beyond the lock)"
+	@$(call logged,$(PIP) install --no-deps --no-build-isolation -e .,toolgym)
+	$(PIP) check
 	$(BIN)/python -c "import toolservers, torch, faiss, sentence_transformers, mcp, fastapi"
 	touch $(STAMP)
 
@@ -34,6 +62,21 @@ docker-engine:
 	-bash docker/ensure-engine.sh
 
 test: install lint typecheck docker-engine unit
+
+# Re-resolve both locks from pyproject.toml, keeping existing pins where they still fit. The
+# dev lock is constrained by the runtime lock, so the two never disagree on a version.
+lock: install
+	$(COMPILE) -o $(LOCK) pyproject.toml
+	$(COMPILE) --extra test --extra lock -c $(LOCK) -o $(DEV_LOCK) pyproject.toml
+
+# The deliberate upgrade: newest versions that resolve, a fresh .venv from the new locks (so
+# nothing left over from the old ones hides a problem), then every check.
+upgrade: install
+	$(COMPILE) --upgrade -o $(LOCK) pyproject.toml
+	$(COMPILE) --upgrade --extra test --extra lock -c $(LOCK) -o $(DEV_LOCK) pyproject.toml
+	git diff --stat -- $(LOCK) $(DEV_LOCK)
+	rm -rf $(VENV)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

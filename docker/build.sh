@@ -3,8 +3,8 @@
 #
 #   bash docker/build.sh                     (then: docker compose -f docker/compose.yaml up -d)
 #
-# 1. wheelhouse: the project's dependencies as wheels (docker/wheelhouse/deps, fetched once and
-#    reused while pyproject's dependency list is unchanged) and toolgym itself as a wheel built
+# 1. wheelhouse: the runtime lock's pinned wheels plus torch (docker/wheelhouse/deps, fetched
+#    once and reused while requirements.lock and the torch pin are unchanged) and toolgym itself as a wheel built
 #    reproducibly from the working tree (docker/wheelhouse/app), so unchanged sources give a
 #    byte-identical wheel and `docker build` reuses every cached layer.
 # 2. base image: BASE_IMAGE if set; else python:3.11-slim if present or pullable; else the
@@ -13,7 +13,7 @@
 #
 # Settings (environment): IMAGE (default toolgym/tools:latest), BASE_IMAGE, PYTHON (default
 # .venv/bin/python, else python3; must be Python 3.11 like the image), REFRESH_WHEELS=1 to
-# fetch the dependency wheels again.
+# fetch the dependency wheels again, TORCH_INDEX=URL to take torch from that index.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,26 +41,33 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers (bash docker/ensure
 pip_find_links=()
 [ -d /opt/wheels ] && pip_find_links=(--find-links /opt/wheels) # local torch CPU wheel, if any
 
-# --- 1a. dependency wheels --------------------------------------------------------------------
+# --- 1a. dependency wheels, from the lock -----------------------------------------------------
+# Exactly the runtime lock's pins (hashes checked on download and again in the image), plus
+# torch at pyproject's pin: the CPU build where pip finds one (TORCH_INDEX=URL to choose).
 t=$(date +%s)
 mkdir -p "$WHEELHOUSE"
-"$PYTHON" - "$ROOT/pyproject.toml" >"$WHEELHOUSE/requirements.txt.new" <<'EOF'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
-EOF
+torch_pin=$(grep -o '"torch==[^"]*"' "$ROOT/pyproject.toml" | tr -d '"')
+[ -n "$torch_pin" ] || die "no torch==VERSION pin in pyproject.toml"
+{ cat "$ROOT/requirements.lock"; echo "# torch: $torch_pin ${TORCH_INDEX:-}"; } \
+    >"$WHEELHOUSE/requirements.lock.new"
 if [ "${REFRESH_WHEELS:-0}" != 1 ] && [ -d "$WHEELHOUSE/deps" ] \
-    && cmp -s "$WHEELHOUSE/requirements.txt.new" "$WHEELHOUSE/requirements.txt"; then
-    rm "$WHEELHOUSE/requirements.txt.new"
+    && cmp -s "$WHEELHOUSE/requirements.lock.new" "$WHEELHOUSE/requirements.lock"; then
+    rm "$WHEELHOUSE/requirements.lock.new"
     say "dependency wheels are current ($(du -sh "$WHEELHOUSE/deps" | cut -f1))"
 else
-    say "fetching dependency wheels into $WHEELHOUSE/deps"
+    say "fetching dependency wheels for requirements.lock into $WHEELHOUSE/deps"
     rm -rf "$WHEELHOUSE/deps.partial"
-    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check "${pip_find_links[@]}" \
-        --wheel-dir "$WHEELHOUSE/deps.partial" -r "$WHEELHOUSE/requirements.txt.new"
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary :all: \
+        --require-hashes --no-deps --dest "$WHEELHOUSE/deps.partial" \
+        -r "$ROOT/requirements.lock"
+    torch_index=()
+    [ -n "${TORCH_INDEX:-}" ] && torch_index=(--index-url "$TORCH_INDEX")
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary :all: \
+        --no-deps "${pip_find_links[@]}" "${torch_index[@]}" \
+        --dest "$WHEELHOUSE/deps.partial" "$torch_pin"
     rm -rf "$WHEELHOUSE/deps"
     mv "$WHEELHOUSE/deps.partial" "$WHEELHOUSE/deps"
-    mv "$WHEELHOUSE/requirements.txt.new" "$WHEELHOUSE/requirements.txt"
+    mv "$WHEELHOUSE/requirements.lock.new" "$WHEELHOUSE/requirements.lock"
     say "dependency wheels: $(du -sh "$WHEELHOUSE/deps" | cut -f1) in $(elapsed "$t")"
 fi
 
