@@ -1,11 +1,13 @@
-"""Property-based fuzzing of the HTTP API: whatever arrives, no 5xx and no byte from outside.
+"""Property-based fuzzing of the HTTP API: whatever arrives, no 5xx and no byte from outside;
+and whatever arguments arrive, MCP answers them with HTTP's text.
 
-Runs the real app in-process (Starlette's TestClient drives it over ASGI) so that hypothesis
-can try hundreds of requests in seconds.
+Runs the real apps in-process (Starlette's TestClient drives HTTP over ASGI, the official MCP
+client talks to the MCPServer directly) so that hypothesis can try hundreds of calls in seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +16,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp_types import TextContent
 from starlette.testclient import TestClient
 
 from testkit import TOKENS, auth
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
+from toolservers.mcp_app import create_mcp_server
 from toolservers.tools import Toolbox
 
 SENTINEL = "SENTINEL-OUTSIDE-THE-CORPUS-7f3a"
@@ -112,3 +118,31 @@ def test_any_body_gets_a_200_or_4xx(client: TestClient, route: str, body: bytes)
 )
 def test_other_methods_and_paths_never_500(client: TestClient, method: str, path: str) -> None:
     check(client.request(method, path, headers=auth()))
+
+
+@pytest.fixture(scope="module")
+def mcp(toolbox: Toolbox) -> MCPServer[object]:
+    return create_mcp_server(toolbox)
+
+
+async def mcp_call(server: MCPServer[object], name: str, args: dict[str, Any]) -> tuple[bool, str]:
+    async with Client(server) as client:
+        result = await client.call_tool(name, args)
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return bool(result.is_error), block.text
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.sampled_from(["search", "list", "read", "nope", "Read"]), args=arguments)
+def test_mcp_answers_any_arguments_with_the_http_text(
+    client: TestClient, mcp: MCPServer[object], name: str, args: dict[str, Any]
+) -> None:
+    response = client.post(f"/{name}", json={"arguments": args}, headers=auth())
+    assert response.status_code == (200 if name in ("search", "list", "read") else 404)
+    output = response.json()["output"]
+    is_error, text = asyncio.run(mcp_call(mcp, name, args))
+    assert text == output
+    assert is_error == output.startswith("Error: ")  # no document of this corpus starts so

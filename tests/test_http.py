@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,45 @@ def test_tools_lists_openai_function_specs(client: httpx.Client) -> None:
     read = specs[2]["function"]["parameters"]
     assert read["required"] == ["path"]
     assert read["properties"]["offset"]["minimum"] == 0
+    for spec in specs:
+        parameters = spec["function"]["parameters"]
+        # The schema says what the server enforces: unknown arguments are refused.
+        assert parameters["additionalProperties"] is False
+        assert next(iter(parameters)) == "type"  # MCP's wire order, so the two match bytewise
+        assert "title" not in json.dumps(parameters)
+
+
+def test_unknown_tool_gets_a_404_carrying_the_refusal_text(client: httpx.Client) -> None:
+    response = client.post(
+        "/delete_everything", json={"arguments": {"path": "x"}, "call_id": "u1"}, headers=auth()
+    )
+    assert response.status_code == 404
+    assert response.json() == {
+        "output": "Error: unknown tool 'delete_everything'. Tools: search, list, read.",
+        "call_id": "u1",
+    }
+
+
+def test_unknown_tool_names_are_behind_the_token(client: httpx.Client) -> None:
+    response = client.post("/delete_everything", json={"arguments": {}})
+    assert response.status_code == 401
+    assert "search" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [("/tools", auth(), 405), ("/health", {}, 405), ("/read/x", auth(), 404)],
+)
+def test_other_posts_are_not_answered_as_tool_calls(
+    client: httpx.Client, path: str, headers: dict[str, str], status: int
+) -> None:
+    response = client.post(path, json={"arguments": {}}, headers=headers)
+    assert response.status_code == status
+    assert "output" not in response.json()
+
+
+def test_null_arguments_mean_no_arguments_as_over_mcp(client: httpx.Client) -> None:
+    assert call(client, "/list", None) == call(client, "/list", {})
 
 
 def test_read_paging_round_trips_a_long_document_exactly(
@@ -123,18 +163,20 @@ def test_read_paging_round_trips_a_long_document_exactly(
     full = corpus.text(path)
     assert len(full) > DEFAULT_READ_BUDGET
     parts, offset = [], 0
-    while True:
+    for _ in range(len(full) // DEFAULT_READ_BUDGET + 2):  # bounded: a stuck offset must fail
         output = call(client, "/read", {"path": path, "offset": offset})
         marker = f"\n[Showing characters {offset}-"
         if marker not in output:
             parts.append(output)
             break
         body, note = output.rsplit(marker, 1)
-        assert len(body) <= DEFAULT_READ_BUDGET
+        assert 0 < len(body) <= DEFAULT_READ_BUDGET
         next_offset = int(note.split("offset=")[1].rstrip(").]"))
         assert next_offset == offset + len(body)
         parts.append(body)
         offset = next_offset
+    else:
+        pytest.fail(f"paging {path} did not end after {len(parts)} pages")
     assert len(parts) >= 2
     assert "".join(parts) == full
 
@@ -142,7 +184,7 @@ def test_read_paging_round_trips_a_long_document_exactly(
 def test_list_pages_cover_every_path_once(client: httpx.Client, corpus_dir: Path) -> None:
     seen: list[str] = []
     page = 1
-    while True:
+    while page <= 10:  # 4 pages expected; a "[More:" on every page must fail, not loop
         output = call(client, "/list", {"prefix": "filings/", "page": page})
         lines = output.splitlines()
         seen.extend(line for line in lines if line.startswith("filings/"))

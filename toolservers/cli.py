@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolservers.errors import ToolServerError
+
+if TYPE_CHECKING:
+    from toolservers.tools import Toolbox
 
 DEFAULT_READ_BUDGET = 8000
 
@@ -67,7 +73,7 @@ def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
-        help="run without TOOL_BEARER, bound to 127.0.0.1 only",
+        help="run without TOOL_BEARER, bound to 127.0.0.1 only (stdio never uses a token)",
     )
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
@@ -149,22 +155,34 @@ def cmd_index_train_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from toolservers.serve import Listener, Transport, resolve_tokens, serve
-    from toolservers.service import open_toolbox
-    from toolservers.tools import ToolLimits
+    from toolservers.serve import Listener, Transport, resolve_tokens, serve, serve_stdio
 
     if args.read_budget < 200:
         raise ToolServerError("--read-budget must be at least 200 characters")
     transport = Transport(args.transport)
-    tokens, host = resolve_tokens(args.insecure_no_auth or transport is Transport.STDIO, args.host)
-    toolbox = open_toolbox(
+    if transport is Transport.STDIO:
+        # No tokens and no host: a pipe owned by the parent process (see serve.stdio_note).
+        # stdout is the JSON-RPC channel, so whatever loading prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            toolbox = _open_toolbox(args)
+        serve_stdio(toolbox)
+        return 0
+    tokens, host = resolve_tokens(args.insecure_no_auth, args.host)
+    toolbox = _open_toolbox(args)
+    serve(toolbox, Listener(transport, host, args.port), tokens, access_log=args.access_log)
+    return 0
+
+
+def _open_toolbox(args: argparse.Namespace) -> Toolbox:
+    from toolservers.service import open_toolbox
+    from toolservers.tools import ToolLimits
+
+    return open_toolbox(
         args.corpus,
         index_dir=args.index,
         embedding_model=args.embedding_model,
         limits=ToolLimits(read_budget=args.read_budget),
     )
-    serve(toolbox, Listener(transport, host, args.port), tokens, access_log=args.access_log)
-    return 0
 
 
 def cmd_demo_tools(args: argparse.Namespace) -> int:

@@ -2,23 +2,30 @@
 
 POST /search | /list | /read   {"arguments": {...}, "call_id": "c1"}
                                -> 200 {"output": "...", "call_id": "c1"}
+POST /<any other name>         -> 404 {"output": "Error: unknown tool ...", "call_id": "c1"}
 GET  /tools                    OpenAI function-tool specs
 GET  /health                   liveness, no token
+
+Specs and outputs come from `tool_specs` and `run_tool`, the code MCP serves too, so both
+transports list the same schemas and give the same text, refusals included.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from toolservers.auth import BearerGuard, TokenSet
 from toolservers.limits import BodySizeLimit
-from toolservers.tools import TOOL_NAMES, Toolbox, call_tool, openai_tool_specs
+from toolservers.tools import TOOL_NAMES, Toolbox, openai_tool_specs, run_tool
 
 log = logging.getLogger("toolgym.http")
 
@@ -27,7 +34,8 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 class ToolRequest(BaseModel, extra="forbid"):
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    # null means "no arguments", as it does for MCP's tools/call.
+    arguments: dict[str, Any] | None = None
     call_id: str | None = Field(default=None, max_length=200)
 
 
@@ -51,6 +59,16 @@ def create_http_app(toolbox: Toolbox, tokens: TokenSet) -> ASGIApp:
 
     for name in TOOL_NAMES:
         _add_tool_route(app, toolbox, name)
+    unknown_tool = _tool_endpoint(toolbox, None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def not_found(request: Request, exc: StarletteHTTPException) -> Response:
+        # POST /<name> that matched no route: a model that invents a tool gets the refusal
+        # text MCP gives it, under a 404. A handler rather than a catch-all route, so that
+        # POST /tools or /health keeps its 405 and /health (open) never reaches a tool.
+        if exc.status_code == 404 and request.method == "POST" and _is_tool_path(request):
+            return await unknown_tool(request)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -62,35 +80,55 @@ def create_http_app(toolbox: Toolbox, tokens: TokenSet) -> ASGIApp:
     return BodySizeLimit(guarded, MAX_BODY_BYTES)
 
 
+def _is_tool_path(request: Request) -> bool:
+    name = request.scope["path"].removeprefix("/")
+    return bool(name) and "/" not in name
+
+
 def _bad_request(kind: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": detail}, status_code=400)
 
 
-def _add_tool_route(app: FastAPI, toolbox: Toolbox, name: str) -> None:
+def _parse_call(body: bytes) -> ToolRequest | JSONResponse:
     # The body is parsed here rather than by FastAPI so that any Content-Type works (a bare
     # `curl -d` sends form encoding) and so a bad body gets a short error that echoes nothing.
-    async def route(request: Request) -> Response:
-        try:
-            call = ToolRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            if first["type"] == "json_invalid":
-                return _bad_request(
-                    "invalid_json", f"request body is not valid JSON: {first['msg']}"
-                )
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return _bad_request(
-                "invalid_request",
-                f'{where}: {first["msg"]}. Expected {{"arguments": {{...}}, "call_id": "..."}}.',
-            )
-        output = await call_tool(toolbox, name, call.arguments)
-        body = ToolResponse(output=output, call_id=call.call_id).model_dump_json()
-        return Response(body, media_type="application/json")
+    try:
+        return ToolRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        if first["type"] == "json_invalid":
+            return _bad_request("invalid_json", f"request body is not valid JSON: {first['msg']}")
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return _bad_request(
+            "invalid_request",
+            f'{where}: {first["msg"]}. Expected {{"arguments": {{...}}, "call_id": "..."}}.',
+        )
 
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _tool_endpoint(toolbox: Toolbox, tool: str | None) -> Endpoint:
+    """The handler of one tool's route; with `tool=None`, of a POST to an unknown name."""
+
+    async def route(request: Request) -> Response:
+        call = _parse_call(await request.body())
+        if isinstance(call, JSONResponse):
+            return call
+        name = tool if tool is not None else request.scope["path"].removeprefix("/")
+        result = await run_tool(toolbox, name, call.arguments or {})
+        body = ToolResponse(output=result.text, call_id=call.call_id).model_dump_json()
+        status = 200 if name in TOOL_NAMES else 404
+        return Response(body, status_code=status, media_type="application/json")
+
+    return route
+
+
+def _add_tool_route(app: FastAPI, toolbox: Toolbox, name: str) -> None:
     schema = {"content": {"application/json": {"schema": ToolRequest.model_json_schema()}}}
     app.add_api_route(
         f"/{name}",
-        route,
+        _tool_endpoint(toolbox, name),
         methods=["POST"],
         name=name,
         response_model=ToolResponse,

@@ -1,71 +1,66 @@
 """MCP adapter: the same three tools on an `MCPServer`, streamable HTTP at /mcp or stdio.
 
-Each tool is registered from the Toolbox method itself, so its name, typed parameters and
-docstring are the ones the HTTP specs are built from. A refusal becomes an `is_error` result
-whose text is the very `Error: ...` line the HTTP transport returns.
+Nothing here describes or checks a tool a second time. `tools/list` shows the `tool_specs`
+that `GET /tools` shows, and `tools/call` goes through `run_tool`, the code behind the HTTP
+routes: the SDK's own argument validation (and its raw pydantic dump on a bad call) is never
+reached, so a refusal is an `is_error` result with the very text HTTP returns.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, TextContent
-from pydantic import ConfigDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
 
 from toolservers.auth import BearerGuard, TokenSet
-from toolservers.errors import ToolInputError
 from toolservers.limits import BodySizeLimit
-from toolservers.tools import Toolbox, ToolFn, describe, tool_functions
+from toolservers.tools import Toolbox, ToolSpec, run_tool, tool_functions, tool_specs
 
 MCP_PATH = "/mcp"
 MAX_BODY_BYTES = 64 * 1024
 
 
-def _as_mcp_tool(fn: ToolFn) -> Any:
-    @functools.wraps(fn)
-    async def tool(**arguments: Any) -> CallToolResult:
-        try:
-            output = await fn(**arguments)
-        except ToolInputError as exc:
-            return CallToolResult(
-                content=[TextContent(type="text", text=f"Error: {exc}")], is_error=True
-            )
-        return CallToolResult(content=[TextContent(type="text", text=output)])
-
-    # MCP reads the parameters from the signature; the return type is ours to declare.
-    tool.__annotations__ = {**fn.__annotations__, "return": CallToolResult}
-    return tool
-
-
-def _strict(tool: Tool) -> Tool:
-    """Refuse unknown arguments and silent coercions, exactly as the HTTP adapter does."""
-    lax = tool.fn_metadata.arg_model
-    strict = type(lax.__name__, (lax,), {"model_config": ConfigDict(extra="forbid", strict=True)})
-    tool.fn_metadata.arg_model = strict
-    return tool
-
-
-def create_mcp_server(toolbox: Toolbox) -> MCPServer:
-    tools = [
-        _strict(
-            Tool.from_function(
-                _as_mcp_tool(fn), name=name, description=describe(fn), structured_output=False
-            )
-        )
-        for name, fn in tool_functions(toolbox).items()
-    ]
-    server = MCPServer(
-        name="toolgym",
-        instructions="Search, list and read a corpus of filings.",
-        tools=tools,
-        log_level="WARNING",
+def _listed(spec: ToolSpec, toolbox: Toolbox) -> Tool:
+    """A tool as the SDK lists it, with our schema in place of the SDK's derivation (which
+    adds titles and omits `additionalProperties: false`). The SDK never runs it:
+    `ToolboxServer.call_tool` answers every call. It is registered so that `tools/list` and
+    the SDK's own per-tool schema lookups both see the spec HTTP serves."""
+    fn = tool_functions(toolbox)[spec.name]
+    tool = Tool.from_function(
+        fn, name=spec.name, description=spec.description, structured_output=False
     )
+    return tool.model_copy(update={"parameters": spec.parameters})
+
+
+class ToolboxServer(MCPServer[Any]):
+    """An MCPServer whose calls are answered by `run_tool`, exactly as the HTTP routes are."""
+
+    def __init__(self, toolbox: Toolbox) -> None:
+        super().__init__(
+            name="toolgym",
+            instructions="Search, list and read a corpus of filings.",
+            tools=[_listed(spec, toolbox) for spec in tool_specs(toolbox)],
+            log_level="WARNING",
+        )
+        self.toolbox = toolbox
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult:
+        # Unknown names land here too (the SDK's "Unknown tool: x" is never produced).
+        result = await run_tool(self.toolbox, name, arguments)
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.text)], is_error=result.is_error
+        )
+
+
+def create_mcp_server(toolbox: Toolbox) -> MCPServer[Any]:
+    server = ToolboxServer(toolbox)
 
     @server.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:

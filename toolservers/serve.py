@@ -84,10 +84,27 @@ def uvicorn_server(app: ASGIApp, listener: Listener, access_log: bool = False) -
     return uvicorn.Server(config)
 
 
+def stdio_note(toolbox: Toolbox) -> str:
+    """What `serve --transport stdio` says on stderr. No host, port or insecure warning: it
+    listens on nothing. The pipe belongs to the process that started it, which is the only
+    one that can call the tools, so there is no caller to ask a token of."""
+    ignored = f"; {TOKEN_ENV} is not used" if tokens_from_env() else ""
+    return (
+        f"toolgym MCP server on stdio ({len(toolbox.corpus)} documents, "
+        f"search={toolbox.searcher.mode}): no network listener, no auth{ignored}"
+    )
+
+
+def serve_stdio(toolbox: Toolbox) -> None:
+    # stdout carries JSON-RPC and nothing else; the SDK's stdio transport also points fd 1
+    # at stderr while it runs, so a stray print cannot corrupt the stream.
+    print(stdio_note(toolbox), file=sys.stderr, flush=True)
+    create_mcp_server(toolbox).run("stdio")
+
+
 def serve(toolbox: Toolbox, listener: Listener, tokens: TokenSet, access_log: bool = False) -> None:
     if listener.transport is Transport.STDIO:
-        # A pipe to a local parent process: nothing to authenticate.
-        create_mcp_server(toolbox).run("stdio")
+        serve_stdio(toolbox)
         return
     app = build_app(toolbox, listener.transport, tokens, listener.host)
     path = "/mcp" if listener.transport is Transport.MCP else ""

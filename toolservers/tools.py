@@ -1,15 +1,16 @@
 """The three tools, implemented once. HTTP and MCP are thin adapters over `Toolbox`.
 
-Each tool is a typed async method whose docstring is the description the model reads.
-Bad arguments raise `ToolInputError`; the adapters turn it into an `Error: ...` result the
-model can read and act on.
+Each tool is a typed async method whose docstring is the description the model reads, and
+whose signature is the JSON Schema of its arguments. `run_tool` validates a call against that
+signature and runs it; a schema violation or a `ToolInputError` comes back as one `Error: ...`
+line the model can read and act on, worded the same whichever transport carried the call.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -129,10 +130,30 @@ def _cut(text: str, offset: int, budget: int) -> int:
     return end
 
 
-# ---- one description of the arguments, shared by the adapters and the specs ----
+# ---- one contract, shared by both transports ----
+# HTTP and MCP both list `tool_specs` and both answer calls with `run_tool`, so the schema,
+# the description and every refusal text are produced once and cannot drift apart.
 
 ToolFn = Callable[..., Awaitable[str]]
 TOOL_NAMES = ("search", "list", "read")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """What a client is told about one tool: the same on `GET /tools` and MCP `tools/list`."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments object
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """One call's answer. `is_error` is carried beside the text rather than guessed from an
+    `Error: ` prefix, because a document read by `read` may itself start with those words."""
+
+    text: str
+    is_error: bool = False
 
 
 def tool_functions(toolbox: Toolbox) -> dict[str, ToolFn]:
@@ -161,6 +182,8 @@ def describe(fn: ToolFn) -> str:
 
 
 def _strip_titles(schema: Any) -> Any:
+    # pydantic titles ("Query", "Top K") repeat the property names; models gain nothing from
+    # them and they cost prompt tokens on every turn.
     if isinstance(schema, dict):
         return {k: _strip_titles(v) for k, v in schema.items() if k != "title"}
     if isinstance(schema, list):
@@ -169,44 +192,92 @@ def _strip_titles(schema: Any) -> Any:
 
 
 def parameters_schema(fn: ToolFn) -> dict[str, Any]:
-    return _strip_titles(arguments_model(fn).model_json_schema())
+    """JSON Schema of a tool's arguments, from the same model that validates them: so it
+    carries `additionalProperties: false` exactly because unknown arguments are refused."""
+    schema = _strip_titles(arguments_model(fn).model_json_schema())
+    # `type` first, as MCP's wire model (protocol 2026-07-28) serializes it: then the two
+    # listings agree byte for byte, not only as parsed JSON.
+    return {"type": schema.pop("type"), **schema}
 
 
-def openai_tool_specs(toolbox: Toolbox) -> list[dict[str, Any]]:
-    """OpenAI function-tool specs of the three tools (also what MCP lists)."""
+def tool_specs(toolbox: Toolbox) -> list[ToolSpec]:
     return [
-        {
-            "type": "function",
-            "function": {
-                "name": name,
-                "description": describe(fn),
-                "parameters": parameters_schema(fn),
-            },
-        }
+        ToolSpec(name=name, description=describe(fn), parameters=parameters_schema(fn))
         for name, fn in tool_functions(toolbox).items()
     ]
 
 
-def explain_validation(name: str, exc: ValidationError) -> str:
-    """Readable, one-line account of why a tool's arguments were refused."""
-    problems = []
-    for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"]) or "arguments"
-        problems.append(f"{where}: {err['msg']}")
-    return f"invalid arguments for {name}: " + "; ".join(problems)
+def openai_tool_specs(toolbox: Toolbox) -> list[dict[str, Any]]:
+    """OpenAI function-tool specs of the three tools (`GET /tools`)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": spec.parameters,
+            },
+        }
+        for spec in tool_specs(toolbox)
+    ]
 
 
-async def call_tool(toolbox: Toolbox, name: str, arguments: dict[str, Any]) -> str:
-    """Validate and run one tool call; every refusal comes back as `Error: ...` text."""
-    functions = tool_functions(toolbox)
-    fn = functions.get(name)
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),  # before int: a bool is an int to Python, not to JSON
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+    (type(None), "null"),
+)
+
+
+def _json_type(value: object) -> str:
+    return next((label for kind, label in _JSON_TYPES if isinstance(value, kind)), "value")
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    """A caller-chosen name, quoted and cut short: it is echoed back into the model's context."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
+def _problem(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "arguments"
+    if err["type"] == "missing":
+        return f"{where}: required argument missing"
+    if err["type"].endswith("_type"):
+        # Name the type that arrived, never the value: it may be long, or not ours to echo.
+        return f"{where}: {err['msg']}, got {_json_type(err['input'])}"
+    return f"{where}: {err['msg']}"
+
+
+def explain_validation(name: str, exc: ValidationError, accepted: Sequence[str]) -> str:
+    """The one wording of a schema refusal, whichever transport the call came by."""
+    errors = exc.errors(include_url=False)
+    problems = [_problem(err) for err in errors if err["type"] != "extra_forbidden"]
+    unknown = [_shown(str(err["loc"][-1])) for err in errors if err["type"] == "extra_forbidden"]
+    if unknown:
+        noun = "argument" if len(unknown) == 1 else "arguments"
+        problems.append(f"unknown {noun} {', '.join(unknown)} (accepted: {', '.join(accepted)})")
+    return f"Error: invalid arguments for {name}: " + "; ".join(problems) + "."
+
+
+def unknown_tool(name: str) -> ToolResult:
+    return ToolResult(f"Error: unknown tool {_shown(name)}. Tools: {', '.join(TOOL_NAMES)}.", True)
+
+
+async def run_tool(toolbox: Toolbox, name: str, arguments: Mapping[str, Any]) -> ToolResult:
+    """Validate and run one tool call: the single path behind both transports."""
+    fn = tool_functions(toolbox).get(name)
     if fn is None:
-        return f"Error: unknown tool {name!r}. Tools: {', '.join(TOOL_NAMES)}."
+        return unknown_tool(name)
+    model = arguments_model(fn)
     try:
-        args = arguments_model(fn).model_validate(arguments)
+        args = model.model_validate(dict(arguments))
     except ValidationError as exc:
-        return f"Error: {explain_validation(name, exc)}. See GET /tools for the schema."
+        return ToolResult(explain_validation(name, exc, list(model.model_fields)), is_error=True)
     try:
-        return await fn(**dict(args))
+        return ToolResult(await fn(**dict(args)))
     except ToolInputError as exc:
-        return f"Error: {exc}"
+        return ToolResult(f"Error: {exc}", is_error=True)
