@@ -3,6 +3,11 @@
 All speak one small protocol (`specs`, `call`, `aclose`). A tool's own refusal ("Error: ...")
 is a normal result; only an unreachable, failing or unauthorised server raises a
 `ToolInfraError`, after a bounded number of retries for the transient cases.
+
+A client sends exactly the token it is given, or no Authorization header when it gets none:
+it never looks one up itself. Which token an environment presents is decided where the
+environment is made (`envs.tool_env.make_tool_env`, `envs.registry`), so toolgym's own token
+cannot reach a third party's server by default.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ from typing import Any, Protocol
 import httpx
 
 from envs.errors import EnvConfigError, ToolAuthError, ToolServerUnavailableError
-
-TOKEN_ENV = "TOOL_BEARER"
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,19 @@ class ToolClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-def default_token(token: str | None) -> str | None:
-    """An explicit token, else the first one in TOOL_BEARER (clients present one token)."""
-    if token:
-        return token
-    configured = [t.strip() for t in os.environ.get(TOKEN_ENV, "").split(",") if t.strip()]
+def first_token(variable: str) -> str | None:
+    """The first comma-separated token in environment variable `variable`, or None.
+
+    Servers accept several tokens (to roll a new one out before retiring the old); a client
+    presents one.
+    """
+    configured = [t.strip() for t in os.environ.get(variable, "").split(",") if t.strip()]
     return configured[0] if configured else None
+
+
+def bearer_headers(token: str | None) -> dict[str, str]:
+    """The Authorization header for `token`; none at all without one."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class HttpToolClient:
@@ -63,11 +73,9 @@ class HttpToolClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
-        token = default_token(token)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers=headers,
+            headers=bearer_headers(token),
             transport=transport,
             timeout=self.retry.timeout_s,
             verify=shared_ssl_context(),
@@ -107,10 +115,15 @@ class HttpToolClient:
         response = await self._request(
             "POST", f"/{name}", {"arguments": arguments, "call_id": call_id}
         )
-        if response.status_code == 404:
-            return f"Error: unknown tool {name!r}."
-        body = response.json()
-        if response.status_code >= 400:  # the request itself was refused (size, shape)
+        try:
+            body = response.json()
+        except ValueError:  # a third-party server's HTML error page, or an empty body
+            body = {"detail": response.text[:200]}
+        if not isinstance(body, dict):
+            body = {"detail": body}
+        if response.status_code == 404:  # toolgym's servers say which tools exist; keep that
+            return str(body.get("output") or f"Error: unknown tool {name!r}.")
+        if response.status_code >= 400 or "output" not in body:  # refused (size, shape)
             return f"Error: the tool server refused the call: {body.get('detail', body)}"
         return str(body["output"])
 
@@ -128,7 +141,7 @@ class McpToolClient:
 
     def __init__(self, url: str, token: str | None = None, *, retry: RetryPolicy | None = None):
         self.url = url if url.rstrip("/").endswith("/mcp") else url.rstrip("/") + "/mcp"
-        self.token = default_token(token)
+        self.token = token
         self.retry = retry or RetryPolicy()
         self._requests: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[Any]] | None]
         self._owner: asyncio.Task[None] | None = None
@@ -148,10 +161,11 @@ class McpToolClient:
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             async with (
-                httpx2.AsyncClient(headers=headers, timeout=self.retry.timeout_s) as http,
+                httpx2.AsyncClient(
+                    headers=bearer_headers(self.token), timeout=self.retry.timeout_s
+                ) as http,
                 Client(streamable_http_client(self.url, http_client=http)) as client,
             ):
                 ready.set_result(None)
@@ -211,7 +225,10 @@ def make_tool_client(
     asgi_app: Any = None,
     retry: RetryPolicy | None = None,
 ) -> ToolClient:
-    """A client from environment kwargs: a URL (HTTP or MCP), or an ASGI app in-process."""
+    """A client from environment kwargs: a URL (HTTP or MCP), or an ASGI app in-process.
+
+    `token` is sent as is; None means no Authorization header.
+    """
     if asgi_app is not None:
         return HttpToolClient(
             "http://toolserver", token, transport=httpx.ASGITransport(asgi_app), retry=retry

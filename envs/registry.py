@@ -6,6 +6,11 @@
 - YAML: a file describing a no-code environment (dataset, tool server, token variable,
   grader, limits); `register_yaml(path)`, or list files/directories in `TOOLGYM_ENVS`.
 `list_envs()` reports every registered toolgym environment with where it came from.
+
+Tokens: the built-in environments present the first token in TOOL_BEARER to toolgym's own
+servers. Any other environment gets only the token it names: a YAML file's `token_env`
+variable (required to be set once named), or, without `token_env`, no Authorization header,
+which is warned about once per environment id.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import gymnasium as gym
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from envs.errors import EnvConfigError
+from envs.errors import EnvConfigError, yaml_problem
 
 PLUGIN_GROUP = "toolgym.envs"
+# The variable toolgym's own servers take their tokens from; only the built-ins present it.
+TOOLGYM_TOKEN_ENV = "TOOL_BEARER"
 YAML_PATH_ENV = "TOOLGYM_ENVS"
 TATQA_SYSTEM_PROMPT = (
     "You answer questions about excerpts of real annual reports. Each question names the report "
@@ -49,12 +56,14 @@ def _register(env_id: str, source: str, entry_point: Any, kwargs: dict[str, Any]
 
 
 def register_builtin() -> None:
-    _register("toolgym/FilingsQA-v0", "builtin", "envs.tool_env:make_tool_env", {})
+    # The built-ins talk to toolgym's own servers, so they, and only they, present TOOL_BEARER.
+    own_token = {"token_env": TOOLGYM_TOKEN_ENV}
+    _register("toolgym/FilingsQA-v0", "builtin", "envs.tool_env:make_tool_env", own_token)
     _register(
         "toolgym/TatQA-v0",
         "builtin",
         "envs.tool_env:make_tool_env",
-        {"system_prompt": TATQA_SYSTEM_PROMPT, "grader": {"type": "auto"}},
+        {**own_token, "system_prompt": TATQA_SYSTEM_PROMPT, "grader": {"type": "auto"}},
     )
 
 
@@ -83,34 +92,74 @@ class YamlEnvSpec(BaseModel):
     dataset: Path
     tools_url: str
     transport: str = Field(default="http", pattern=r"^(http|mcp)$")
-    token_env: str = "TOOL_BEARER"
+    # No default: a third party's server must never receive toolgym's TOOL_BEARER unasked.
+    token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     grader: dict[str, Any] = Field(default_factory=lambda: {"type": "auto"})
     limits: dict[str, int] = Field(default_factory=dict)
     system_prompt: str | None = None
 
 
-def make_yaml_env(token_env: str, **kwargs: Any) -> Any:
-    """Entry point for YAML environments: reads the token variable when the env is made."""
+class NoTokenWarning(UserWarning):
+    """A third-party environment's tool calls go out without an Authorization header."""
+
+
+_WARNED_NO_TOKEN: set[str] = set()
+
+
+def yaml_env_token(env_id: str, token_env: str | None) -> str | None:
+    """The token a YAML environment presents: the first one in its `token_env` variable.
+
+    A named variable that is empty is an error, not a silent unauthenticated run. Without
+    `token_env` there is no token, and that is said once per environment id, not per episode
+    (the rollout engine makes hundreds of environments).
+    """
+    if token_env is None:
+        if env_id not in _WARNED_NO_TOKEN:
+            _WARNED_NO_TOKEN.add(env_id)
+            warnings.warn(
+                f"environment {env_id} has no token configured (token_env unset): "
+                "its tool calls carry no Authorization header",
+                NoTokenWarning,
+                stacklevel=2,
+            )
+        return None
+    from envs.client import first_token
+
+    token = first_token(token_env)
+    if token is None:
+        raise EnvConfigError(
+            f"environment {env_id}: its token variable {token_env} is empty or unset "
+            f"(set {token_env}=<token>, or remove token_env to send no token)"
+        )
+    return token
+
+
+def make_yaml_env(env_id: str, token_env: str | None, **kwargs: Any) -> Any:
+    """Entry point for YAML environments: the token is settled when the env is made."""
     from envs.tool_env import make_tool_env
 
-    token = kwargs.pop("token", None) or os.environ.get(token_env, "").split(",")[0].strip() or None
+    token = kwargs.pop("token", None) or yaml_env_token(env_id, token_env)
     return make_tool_env(token=token, **kwargs)
 
 
 def register_yaml(path: Path) -> str:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         spec = YamlEnvSpec.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise EnvConfigError(f"{path}: cannot read environment file: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise EnvConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}"
             for e in exc.errors(include_url=False)
         )
         raise EnvConfigError(f"{path}: {problems}") from exc
+    _check_settings(path, spec)
     dataset = spec.dataset if spec.dataset.is_absolute() else path.parent / spec.dataset
     kwargs: dict[str, Any] = {
+        "env_id": spec.id,
         "token_env": spec.token_env,
         "dataset": str(dataset),
         "tools_url": spec.tools_url,
@@ -122,6 +171,19 @@ def register_yaml(path: Path) -> str:
         kwargs["system_prompt"] = spec.system_prompt
     _register(spec.id, f"yaml:{path}", "envs.registry:make_yaml_env", kwargs)
     return spec.id
+
+
+def _check_settings(path: Path, spec: YamlEnvSpec) -> None:
+    """The grader and limits are only used when an episode is made; check them at load, so a
+    typo is reported with its file now, not as a failure in the middle of a run."""
+    from envs.episode import parse_limits
+    from envs.grading import check_grader
+
+    try:
+        check_grader(spec.grader)
+        parse_limits(spec.limits)
+    except EnvConfigError as exc:
+        raise EnvConfigError(f"{path}: {exc}") from None
 
 
 def load_yaml_from_env() -> list[str]:

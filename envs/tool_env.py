@@ -19,8 +19,15 @@ from typing import Any
 
 import gymnasium as gym
 
-from envs.client import ToolClient, make_tool_client
-from envs.episode import DEFAULT_SYSTEM_PROMPT, Episode, EpisodeGrader, Limits, approximate_tokens
+from envs.client import ToolClient, first_token, make_tool_client
+from envs.episode import (
+    DEFAULT_SYSTEM_PROMPT,
+    Episode,
+    EpisodeGrader,
+    Limits,
+    approximate_tokens,
+    parse_limits,
+)
 from envs.errors import EnvConfigError
 from envs.spaces import AssistantActions, ChatMessages
 
@@ -154,6 +161,7 @@ def make_tool_env(
     tools_url: str | None = None,
     token: str | None = None,
     *,
+    token_env: str | None = None,
     transport: str = "http",
     asgi_app: Any = None,
     grader: EpisodeGrader | dict[str, Any] | None = None,
@@ -161,17 +169,23 @@ def make_tool_env(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     render_mode: str | None = None,
 ) -> ToolEnv:
-    """The entry point behind the registered ids: kwargs in, a ready environment out."""
+    """The entry point behind the registered ids: kwargs in, a ready environment out.
+
+    The tool server sees `token` if given, else the first token in the variable `token_env`
+    (the built-in ids name TOOL_BEARER; the variable is read now, once), else no
+    Authorization header at all. Nothing is read by default: a plugin registering this entry
+    point without `token_env` must not receive toolgym's own token.
+    """
     from envs.grading import episode_grader
 
+    if not token and token_env:
+        token = first_token(token_env)
     rows = load_dataset_rows(dataset)
-    if isinstance(limits, dict):
-        limits = Limits(**limits)
     return ToolEnv(
         rows,
         episode_grader(grader),
         lambda: make_tool_client(tools_url, token, transport=transport, asgi_app=asgi_app),
-        limits=limits,
+        limits=parse_limits(limits),
         system_prompt=system_prompt,
         render_mode=render_mode,
     )
