@@ -23,13 +23,16 @@ import httpx
 import pytest
 import yaml
 
-pytestmark = pytest.mark.docker
+from testkit import Died, WaitFailed, Watch, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"
 IMAGE = os.environ.get("TOOLGYM_TEST_IMAGE", "toolgym/tools:latest")
 BUILD_TIMEOUT_S = 1800  # cold: wheel download + debootstrap + install, a few minutes
+# The module's first test also pays for the image build (its fixture's setup counts).
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(BUILD_TIMEOUT_S + 600)]
 START_TIMEOUT_S = 120  # the server loads torch, the model and the index before listening
+HEALTHCHECK_TIMEOUT_S = 90  # the image's first HEALTHCHECK runs 30 s (its interval) after start
 HIT = re.compile(r"filings/\S+\.html \(score ")
 SEARCH = {
     "arguments": {"query": "Henderson Industries Q3 2025 operating margin", "top_k": 3},
@@ -72,19 +75,33 @@ def logs(name: str) -> str:
     return (result.stdout + result.stderr)[-4000:]
 
 
-def wait_for_health(name: str, base_url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
+def container_alive(name: str) -> Watch:
+    def watch() -> None:
         state = docker("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
         if state not in ("created", "running"):
-            pytest.fail(f"container {name} is {state!r} before answering:\n{logs(name)}")
-        time.sleep(0.5)
-    pytest.fail(f"container {name} did not answer /health in {START_TIMEOUT_S}s:\n{logs(name)}")
+            raise Died(f"container {name} is {state or 'gone'!r}")
+
+    return watch
+
+
+def answers_health(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for_health(name: str, base_url: str) -> None:
+    try:
+        wait_until(
+            lambda: answers_health(base_url),
+            what=f"container {name} to answer /health",
+            alive=container_alive(name),
+            timeout_s=START_TIMEOUT_S,
+            interval_s=0.5,
+        )
+    except WaitFailed as failed:  # dead or silent: either way its log says why
+        raise WaitFailed(f"{failed}; its log:\n{logs(name)}") from failed
 
 
 @contextmanager
@@ -187,12 +204,22 @@ def test_health_is_open_and_reports_the_bundled_index(http_server: tuple[str, st
 def test_image_healthcheck_turns_healthy(http_server: tuple[str, str]) -> None:
     name, _ = http_server
     status = ""
-    for _ in range(60):
+
+    def healthy() -> bool:
+        nonlocal status
         status = docker("inspect", "--format", "{{.State.Health.Status}}", name).stdout.strip()
-        if status == "healthy":
-            return
-        time.sleep(1)
-    pytest.fail(f"HEALTHCHECK status is {status!r}:\n{logs(name)}")
+        return status == "healthy"
+
+    try:
+        wait_until(
+            healthy,
+            what=f"HEALTHCHECK of {name} to pass",
+            alive=container_alive(name),
+            timeout_s=HEALTHCHECK_TIMEOUT_S,
+            interval_s=1,
+        )
+    except WaitFailed as failed:
+        raise WaitFailed(f"{failed}; last status {status!r}; its log:\n{logs(name)}") from failed
 
 
 def test_server_runs_as_non_root_on_read_only_data(http_server: tuple[str, str]) -> None:

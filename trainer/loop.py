@@ -147,7 +147,7 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
                 f"step {step}: the loss is {result.loss}; lower learning_rate "
                 f"(now {config.learning_rate:g}) or raise max_grad_norm's strictness"
             )
-        if result.kl_to_ref > config.max_kl:
+        if result.kl_to_ref is not None and result.kl_to_ref > config.max_kl:
             raise TrainingStopped(
                 f"step {step}: kl_to_ref {result.kl_to_ref:.3f} passed max_kl {config.max_kl:g}; "
                 "the policy drifted: lower learning_rate or raise kl_coef"
@@ -163,7 +163,7 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
         "reward_mean": summary.reward.mean,
         "reward_std": summary.reward.std,
         "tool_calls": summary.tool_calls_mean,
-        "kl_to_ref": result.kl_to_ref if result else 0.0,
+        "kl_to_ref": result.kl_to_ref if result else None,  # None: not measured (kl_coef 0)
         "loss": result.loss if result else 0.0,
         "grad_norm": result.grad_norm if result else 0.0,
         "entropy": result.entropy if result else None,

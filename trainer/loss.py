@@ -39,6 +39,9 @@ def policy_loss(
     grpo: mean over each sequence's tokens, then over sequences. dr_grpo: sum over tokens
     divided by a constant (`max_tokens`), so long answers are not favoured. dapo: mean over
     every generated token of the batch.
+
+    metrics carries "kl_to_ref" only when `ref_logprobs` is given: without a reference the KL
+    is not measured, and a 0.0 would read as "the policy has not moved".
     """
     mask = mask.to(logprobs.dtype)  # (batch, seq)
     ratio = torch.exp(logprobs - old_logprobs)  # (batch, seq)
@@ -46,7 +49,7 @@ def policy_loss(
     unclipped = ratio * adv  # (batch, seq)
     clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv  # (batch, seq)
     per_token = -torch.minimum(unclipped, clipped)  # (batch, seq)
-    kl = torch.zeros_like(per_token)  # (batch, seq)
+    kl = None
     if ref_logprobs is not None:
         # k3 estimator of KL(policy || ref): unbiased, always >= 0.
         delta = ref_logprobs - logprobs  # (batch, seq)
@@ -58,10 +61,11 @@ def policy_loss(
     clipped_share = (((ratio - 1.0).abs() > clip_eps).to(mask.dtype) * mask).sum() / tokens
     metrics = {
         "loss": float(loss.detach()),
-        "kl_to_ref": float((kl * mask).sum() / tokens),
         "clip_fraction": float(clipped_share),
         "ratio_mean": float((ratio.detach() * mask).sum() / tokens),
     }
+    if kl is not None:
+        metrics["kl_to_ref"] = float((kl.detach() * mask).sum() / tokens)
     return loss, metrics
 
 

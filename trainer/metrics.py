@@ -1,9 +1,17 @@
-"""Per-step metrics: JSONL, TensorBoard, a live table on the terminal, curves as a PNG."""
+"""Per-step metrics: JSONL, TensorBoard, a live table on the terminal, curves as a PNG.
+
+A figure not measured at a step is None: null in metrics.jsonl, "-" in the table, no point in
+TensorBoard or on the curves. Never 0.0, which would read as a measurement (a kl_to_ref of 0
+says "the policy has not moved", not "KL was not computed"). kl_to_ref is measured only when
+kl_coef > 0; a run that never measures a figure can drop its table column (`unmeasured`), and
+a curve with no measured point gets no panel.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +28,22 @@ COLUMNS = (
     ("zero_signal", "{:>11.2f}"),
     ("tokens_per_s", "{:>12.0f}"),
 )
+PANELS = ("reward_mean", "val_reward", "tool_calls", "kl_to_ref", "loss", "entropy")
+PANELS_PER_ROW = 3
+
+Column = tuple[str, str]  # (metric name, format of its cell)
+Series = tuple[str, list[tuple[int, float]]]  # (metric name, its measured (step, value) points)
 
 
 class MetricsLog:
-    def __init__(self, output_dir: Path, *, echo: bool = True) -> None:
+    def __init__(
+        self, output_dir: Path, *, echo: bool = True, unmeasured: Collection[str] = ()
+    ) -> None:
+        """`unmeasured`: figures this run never measures (kl_to_ref with kl_coef 0); the table
+        leaves their columns out rather than showing a column of dashes."""
         self.path = output_dir / "metrics.jsonl"
         self.echo = echo
+        self.columns = table_columns(unmeasured)
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():  # a resumed run keeps its history
             self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
@@ -44,9 +62,9 @@ class MetricsLog:
         self.board.flush()
         if self.echo:
             if not self._header_shown:
-                print("  ".join(f"{name:>{len(fmt.format(0))}}" for name, fmt in COLUMNS))
+                print(table_header(self.columns))
                 self._header_shown = True
-            print("  ".join(_cell(row.get(name), fmt) for name, fmt in COLUMNS), flush=True)
+            print(table_row(row, self.columns), flush=True)
 
     def plot(self) -> Path:
         import matplotlib
@@ -54,12 +72,16 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = ("reward_mean", "val_reward", "tool_calls", "kl_to_ref", "loss", "entropy")
-        figure, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-        for axis, key in zip(axes.flat, panels, strict=True):
-            points = [(r["step"], r[key]) for r in self.rows if r.get(key) is not None]
-            if points:
-                axis.plot(*zip(*points, strict=True), marker="o", markersize=3)
+        series = curve_series(self.rows)
+        grid_rows = max(1, math.ceil(len(series) / PANELS_PER_ROW))
+        size = (13, 3.25 * grid_rows)
+        figure, axes = plt.subplots(grid_rows, PANELS_PER_ROW, figsize=size, squeeze=False)
+        if not series:  # a run stopped before its first step still gets a file that says so
+            figure.suptitle("no measured values yet")
+        for axis in axes.flat[len(series) :]:
+            axis.set_axis_off()  # the grid's unused cells stay blank
+        for axis, (key, points) in zip(axes.flat, series, strict=False):
+            axis.plot(*zip(*points, strict=True), marker="o", markersize=3)
             axis.set_title(key)
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
@@ -71,6 +93,35 @@ class MetricsLog:
 
     def close(self) -> None:
         self.board.close()
+
+
+def curve_series(rows: Sequence[dict[str, Any]], panels: Sequence[str] = PANELS) -> list[Series]:
+    """The curves to draw: each panel's measured (step, value) points, in panel order. A figure
+    with no measured point (kl_to_ref with kl_coef 0, val_reward without val rows) gets no
+    panel: an empty or flat-zero axis would look like a measurement."""
+    series = []
+    for key in panels:
+        points = [(int(r["step"]), float(r[key])) for r in rows if _measured(r.get(key))]
+        if points:
+            series.append((key, points))
+    return series
+
+
+def table_columns(unmeasured: Collection[str] = ()) -> tuple[Column, ...]:
+    return tuple(column for column in COLUMNS if column[0] not in unmeasured)
+
+
+def table_header(columns: Sequence[Column] = COLUMNS) -> str:
+    return "  ".join(f"{name:>{len(fmt.format(0))}}" for name, fmt in columns)
+
+
+def table_row(row: dict[str, Any], columns: Sequence[Column] = COLUMNS) -> str:
+    return "  ".join(_cell(row.get(name), fmt) for name, fmt in columns)
+
+
+def _measured(value: Any) -> bool:
+    # bool is an int: a stray True must not plot as 1.0
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _cell(value: Any, fmt: str) -> str:

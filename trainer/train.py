@@ -72,7 +72,9 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     version = state.version if state else version_name(0)
     path = adapters / version if state else save_adapter(model, adapters, version)
     await publisher.publish(path, version)
-    metrics = MetricsLog(config.output_dir, echo=echo)
+    # Without a KL penalty no reference pass runs, so kl_to_ref is never measured: no column.
+    unmeasured = () if config.kl_coef > 0 else ("kl_to_ref",)
+    metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured)
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, publisher, pool,
               pool.rows, val_rows, metrics, val_pool)  # fmt: skip
     try:

@@ -23,7 +23,7 @@ from trainer.loss import policy_loss, token_entropy, token_logprobs
 @dataclass
 class UpdateResult:
     loss: float
-    kl_to_ref: float
+    kl_to_ref: float | None  # None when not measured (kl_coef 0: no reference forward pass)
     grad_norm: float
     entropy: float
     clip_fraction: float
@@ -62,7 +62,8 @@ def grpo_update(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     generated = sum(sum(s.mask) for s in sequences)
-    totals = {"loss": 0.0, "kl_to_ref": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "gap": 0.0}
+    totals = {"loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "gap": 0.0}
+    kl_to_ref: float | None = None  # stays None unless a micro-batch measured it
     tokens = 0
     size = config.micro_batch_size
     for start in range(0, len(sequences), size):
@@ -90,7 +91,8 @@ def grpo_update(
         mask = batch.mask.float()  # (b, s-1)
         n = float(mask.sum().clamp(min=1.0))
         totals["loss"] += metrics["loss"] * share
-        totals["kl_to_ref"] += metrics["kl_to_ref"] * share
+        if "kl_to_ref" in metrics:
+            kl_to_ref = (kl_to_ref or 0.0) + metrics["kl_to_ref"] * share
         totals["clip_fraction"] += metrics["clip_fraction"] * share
         totals["entropy"] += float((entropy * mask).sum()) / n * share
         gap = ((logprobs.detach() - batch.behaviour).abs() * mask).sum()  # ()
@@ -104,7 +106,7 @@ def grpo_update(
     optimizer.zero_grad(set_to_none=True)
     return UpdateResult(
         loss=totals["loss"],
-        kl_to_ref=totals["kl_to_ref"],
+        kl_to_ref=kl_to_ref,
         grad_norm=grad_norm,
         entropy=totals["entropy"],
         clip_fraction=totals["clip_fraction"],

@@ -60,7 +60,7 @@ def play_oracle(env: gym.Env[Any, Any], row: Row) -> tuple[float, dict[str, Any]
     texts: dict[str, str] = {}
     for path in plan.paths:
         parts, offset = [], 0
-        while True:
+        for _ in range(50):  # bounded: a read that never reaches the end must fail, not loop
             turn += 1
             obs, _, terminated, truncated, _ = env.step(
                 call("read", turn, path=path, offset=offset)
@@ -71,7 +71,10 @@ def play_oracle(env: gym.Env[Any, Any], row: Row) -> tuple[float, dict[str, Any]
             more = _CONTINUE.search(output)
             if not more:
                 break
+            assert int(more.group(1)) > offset, output[-200:]  # each page moves on
             offset = int(more.group(1))
+        else:
+            raise AssertionError(f"reading {path} did not end after {len(parts)} pages")
         texts[path] = "".join(parts)
     final = oracle_answer_from_texts(row, texts)
     _, reward, terminated, truncated, info = env.step(answer(f"Answer: {final}"))

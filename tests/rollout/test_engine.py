@@ -27,12 +27,25 @@ from rollout.openai_policy import OpenAIPolicy
 from rollout.policy import Policy, SamplingParams
 from rollout.store import read_trajectories
 from rollout.summary import RolloutSummary
-from testkit import TOKENS, LiveServer, start_server
+from testkit import (
+    TOKENS,
+    LiveServer,
+    process_alive,
+    start_server,
+    task_alive,
+    wait_until,
+    wait_until_async,
+)
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
 from toolservers.tools import Toolbox
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def lines_in(path: Path) -> int:
+    """Complete lines (finished trajectories) in a JSONL the engine is appending to."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 @pytest.fixture(scope="module")
@@ -167,20 +180,23 @@ def test_tool_server_killed_mid_run(
     fake_vllm.faults.delay_s = 0.05
     out = tmp_path / "t.jsonl"
 
-    async def kill_after_some() -> None:
-        while not out.exists() or len(out.read_text().splitlines()) < 6:
-            await asyncio.sleep(0.02)
-        await asyncio.to_thread(tools.stop)
-
     async def go() -> RolloutSummary:
         pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools.url, token=TOKENS[0])
         policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
-        killer = asyncio.create_task(kill_after_some())
         settings = RolloutSettings(progress=False, group_size=4, concurrency=4, max_failures=100)
+        run = asyncio.create_task(run_rollouts(rows[:6], pool.factory(), policy, settings, out))
         try:
-            return await run_rollouts(rows[:6], pool.factory(), policy, settings, out)
+            # Awaited here, not in a side task: a run that dies fails this wait with its error.
+            await wait_until_async(
+                lambda: lines_in(out) >= 6,
+                what="6 trajectories written before the kill",
+                alive=task_alive(run, name="run_rollouts"),
+                timeout_s=120,
+            )
+            await asyncio.to_thread(tools.stop)
+            return await run
         finally:
-            killer.cancel()
+            run.cancel()
             await policy.aclose()
             await pool.aclose()
 
@@ -211,12 +227,19 @@ def test_kill_the_rollout_process_and_resume_without_loss(
     fake_vllm.faults.delay_s = 0.05
     command = _cli(out, http_server.url, fake_vllm.url, rows_file)
     env = {**os.environ, "TOOL_BEARER": TOKENS[0]}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while (not out.exists() or out.read_text().count("\n") < 5) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    log = tmp_path / "rollout.log"
+    with log.open("w") as sink:  # a file, not a pipe nobody reads (a full pipe blocks the child)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    try:
+        wait_until(
+            lambda: lines_in(out) >= 5,
+            what="5 trajectories written before the kill",
+            alive=process_alive(process, name="toolgym rollout", log=log),
+            timeout_s=120,
+        )
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
     before = out.read_bytes()
     written = before.count(b"\n")
     assert 5 <= written < 32, "the run must be cut part-way"

@@ -19,6 +19,7 @@ from rollout.errors import PolicyRequestError, PolicyUnavailableError
 from rollout.local_policy import LocalPolicy, turn_from_generation
 from rollout.policy import SamplingParams, Turn, TurnRequest
 from rollout.tiny_policy import build_tiny_policy
+from testkit import task_alive, wait_until_async
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -263,7 +264,8 @@ def test_swap_waits_for_the_batch_in_flight(
 
     async def go() -> list[Turn]:
         tasks = [asyncio.create_task(policy.complete(ask(q))) for q in QUESTIONS[:2]]
-        await asyncio.to_thread(started.wait, 5)
+        alive = [task_alive(task, name=f"complete #{i}") for i, task in enumerate(tasks)]
+        await wait_until_async(started.is_set, what="generate to start", alive=alive)
         await policy.swap_adapter(tiny_lora_adapter_dir, "v1")
         assert all(task.done() for task in tasks)  # the swap waited for them
         return [await task for task in tasks]
@@ -295,7 +297,8 @@ def test_closing_fails_the_running_batch_and_refuses_new_requests(
 
     async def go() -> None:
         task = asyncio.create_task(policy.complete(ask(QUESTIONS[0])))
-        await asyncio.to_thread(started.wait, 5)
+        alive = task_alive(task, name="complete")
+        await wait_until_async(started.is_set, what="generate to start", alive=alive)
         await policy.aclose()
         with pytest.raises(PolicyUnavailableError):
             await asyncio.wait_for(task, 5)

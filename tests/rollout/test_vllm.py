@@ -27,6 +27,7 @@ from rollout.vllm import (
     vllm_environment,
 )
 from rollout.vllm_cli import main as cli_main
+from testkit import log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,13 +230,18 @@ def test_cli_serve_runs_until_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "rollout.vllm_cli", "vllm", "serve"]
     command += ["--model", "Qwen/Qwen2.5-0.5B-Instruct", "--port", str(port)]
-    command += ["--vllm-bin", fake_vllm_bin(tmp_path), "--log", str(tmp_path / "vllm.log")]
+    log = tmp_path / "vllm.log"
+    command += ["--vllm-bin", fake_vllm_bin(tmp_path), "--log", str(log)]
+    # The CLI's own deadline bounds the readline below (it prints, or exits: EOF): one
+    # minute, not its 15-minute default for real model loads.
+    command += ["--health-timeout", "60"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         assert cli.stdout is not None
         lines = [cli.stdout.readline() for _ in range(2)]
-        assert f"healthy at http://127.0.0.1:{port}" in lines[1]
+        why = f"exit code {cli.poll()}{log_tail(log)}"
+        assert f"healthy at http://127.0.0.1:{port}" in lines[1], f"{lines!r}; {why}"
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         cli.send_signal(signal.SIGINT)
         assert cli.wait(timeout=20) == 0

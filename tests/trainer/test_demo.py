@@ -15,6 +15,7 @@ from trainer.warmstart import WarmStartSettings
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 1 min on 2 idle cores; loaded CI machines take several times that
 def test_the_demo_runs_every_step_and_stops_its_servers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 from envs.graders.base import GradeResult, verdict_for
 from envs.tool_env import make_tool_env
 from rollout.tiny_policy import build_tiny_policy
+from testkit import task_alive, wait_until_async
 from trainer.config import TrainConfig
 from trainer.train import train
 
 ENV_ID = "toolgym-test/Digits-v0"
+STEP_WAIT_S = 120  # a step takes about a second here; 100x that is no slow machine, a hang
 TOOL = {
     "type": "function",
     "function": {"name": "noop", "description": "Does nothing.", "parameters": {}},
@@ -95,6 +98,7 @@ def rewards(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 75 s on 2 cores shared four ways
 def test_mean_reward_rises_from_low_to_high(tiny_model: Path, dataset: Path, tmp_path: Path):
     out = tmp_path / "run"
     cfg = config(tiny_model, dataset, out, val_dataset=str(dataset), eval_every=10, steps=40)
@@ -123,14 +127,32 @@ def test_killed_mid_step_resumes_from_the_last_completed_step(
     out = tmp_path / "run"
     cfg = config(tiny_model, dataset, out, steps=4)
 
-    async def killed_during_step_3() -> None:
-        task = asyncio.create_task(train(cfg, echo=False))
+    def checkpointed_step() -> int:
         state = out / "checkpoint" / "state.json"
-        while not (state.exists() and json.loads(state.read_text())["step"] == 2):
-            await asyncio.sleep(0.01)
-        while not (out / "rollouts" / "step-00003.jsonl").exists():
-            await asyncio.sleep(0.005)
-        task.cancel()
+        return int(json.loads(state.read_text())["step"]) if state.exists() else 0
+
+    async def killed_during_step_3() -> None:
+        # train() runs as a task of this loop: if it raises, the waits below re-raise its
+        # error at once (task_alive) instead of polling for a checkpoint that never comes.
+        task = asyncio.create_task(train(cfg, echo=False))
+        alive = task_alive(task, name="train()")
+        try:
+            await wait_until_async(
+                lambda: checkpointed_step() == 2,
+                what="the checkpoint of step 2",
+                alive=alive,
+                timeout_s=STEP_WAIT_S,
+                interval_s=0.01,
+            )
+            await wait_until_async(
+                (out / "rollouts" / "step-00003.jsonl").exists,
+                what="step 3's rollouts to start",
+                alive=alive,
+                timeout_s=STEP_WAIT_S,
+                interval_s=0.005,
+            )
+        finally:
+            task.cancel()  # a failed wait must not leave train() running under the next test
         with pytest.raises(asyncio.CancelledError):
             await task
 
@@ -142,8 +164,9 @@ def test_killed_mid_step_resumes_from_the_last_completed_step(
 
     result = asyncio.run(train(cfg, resume=True, echo=False))
     assert result.version == "v0004"
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["kl_to_ref"] is None for r in records)  # kl_coef 0: not measured, not 0.0
     third = read_trajectories(out / "rollouts" / "step-00003.jsonl").trajectories
     assert {t.policy_version for t in third} == {"v0002"}  # the version step 2 published
     rows = [json.loads(line) for line in dataset.read_text().splitlines()]
@@ -157,3 +180,25 @@ def test_killed_mid_step_resumes_from_the_last_completed_step(
 class _Row:
     def __init__(self, id: str) -> None:
         self.id = id
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_kl_to_ref_is_shown_only_when_measured(
+    tiny_model: Path,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kl_coef: float,
+) -> None:
+    out = tmp_path / "run"
+    asyncio.run(train(config(tiny_model, dataset, out, steps=1, kl_coef=kl_coef)))
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    header, row = capsys.readouterr().out.splitlines()[:2]  # the live table
+    if kl_coef == 0:
+        assert record["kl_to_ref"] is None  # not measured: null, not 0.0
+        assert "kl_to_ref" not in header.split()  # no column, so no 0.0000 for it
+        assert len(row.split()) == len(header.split())  # and no stray cell in the row
+    else:
+        assert math.isfinite(record["kl_to_ref"]) and record["kl_to_ref"] >= 0
+        kl_cell = row.split()[header.split().index("kl_to_ref")]
+        assert float(kl_cell) == pytest.approx(record["kl_to_ref"], abs=1e-4)

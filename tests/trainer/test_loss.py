@@ -33,7 +33,15 @@ def test_grpo_clips_the_ratio_and_averages_per_sequence() -> None:
     # seq 1: ratio 1.0 with A=-2 -> 2.0
     assert float(loss) == pytest.approx((-1.1 + 2.0) / 2)
     assert metrics["clip_fraction"] == pytest.approx(1 / 3)
-    assert metrics["kl_to_ref"] == 0.0
+    assert "kl_to_ref" not in metrics  # no reference given: not measured, so not reported as 0
+
+
+def test_kl_is_measured_whenever_a_reference_is_given_even_without_a_penalty() -> None:
+    logprobs, old, advantages, mask = tensors()
+    plain, _ = policy_loss(logprobs, old, advantages, mask)
+    loss, metrics = policy_loss(logprobs, old, advantages, mask, ref_logprobs=old, kl_coef=0.0)
+    assert float(loss) == pytest.approx(float(plain))  # measured, but not in the loss
+    assert math.isfinite(metrics["kl_to_ref"]) and metrics["kl_to_ref"] > 0
 
 
 def test_dapo_and_dr_grpo_normalise_differently() -> None:
@@ -62,7 +70,7 @@ def test_the_gradient_pushes_up_tokens_with_positive_advantage() -> None:
     logits = torch.zeros(1, 1, 4, requires_grad=True)
     ids = torch.tensor([[2]])
     logprobs = token_logprobs(logits, ids, temperature=1.0)
-    assert float(logprobs) == pytest.approx(math.log(0.25))
+    assert float(logprobs.detach()) == pytest.approx(math.log(0.25))
     loss, _ = policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0]), torch.tensor([[1]]))
     loss.backward()
     assert logits.grad is not None

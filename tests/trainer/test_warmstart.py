@@ -56,6 +56,7 @@ def answer_logprob(model_dir: Path, example: Demonstration) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 3 min on 2 idle cores, 13 min on 2 cores shared four ways
 def test_sft_on_demonstrations_makes_their_answers_likely(tmp_path: Path) -> None:
     demos = [demo(f"Company{i}", f"{100 + 7 * i}.5") for i in range(16)]
     texts = [json.dumps(d.messages) for d in demos] * 4
