@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from envs.errors import EnvConfigError
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     environments = sub.add_parser("envs", help="registered environments")
@@ -64,7 +66,18 @@ def cmd_envs_list(args: argparse.Namespace) -> int:
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from envs.data.validate import validate_command
 
+    # A path that is not there is a mistake on the command line, not a finding about the
+    # data: say so in one line (exit 2) instead of reporting an empty dataset (exit 1).
+    for path in args.files:
+        if not path.is_file():
+            raise EnvConfigError(f"{path}: {_not_a_file(path)}")
+    if args.corpus is not None and not args.corpus.is_dir():
+        raise EnvConfigError(f"--corpus {args.corpus}: no such directory")
     return validate_command(args.files, args.corpus)
+
+
+def _not_a_file(path: Path) -> str:
+    return "a directory, not a dataset file" if path.is_dir() else "no such file"
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -80,8 +93,10 @@ def cmd_data_import_tatqa(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from envs.graders import grade_command
+    from envs.graders import GraderError, grade_command
 
     text, code = grade_command(args.reference, args.answer, args.tolerance_rel)
+    if code != 0:  # a bad tolerance or a reference without one figure: one line, exit 2
+        raise GraderError(text.splitlines()[-1].removeprefix("error: "))
     print(text)
     return code

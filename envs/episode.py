@@ -10,15 +10,15 @@ an infrastructure error instead of a reward.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from envs.actions import ParsedAction, ToolCall, final_answer, parse_action
 from envs.client import ToolClient
-from envs.errors import ToolInfraError
+from envs.errors import EnvConfigError, ToolInfraError
 from envs.graders import GradeResult
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -34,6 +34,27 @@ class Limits(BaseModel, frozen=True):
     max_tool_calls: int = Field(default=12, ge=1)
     max_turns: int = Field(default=16, ge=1)
     max_tokens: int = Field(default=32_000, ge=1)  # conversation tokens, by the env's counter
+
+
+def parse_limits(value: Limits | Mapping[str, Any] | None) -> Limits | None:
+    """Limits from config (a YAML file's `limits:`, gymnasium kwargs). A misspelt key is an
+    error, not a silently ignored budget; EnvConfigError names the key and what is accepted."""
+    if value is None or isinstance(value, Limits):
+        return value
+    known = ", ".join(Limits.model_fields)
+    if not isinstance(value, Mapping):
+        raise EnvConfigError(f"limits: expected a mapping of {known}, not {value!r}")
+    unknown = [repr(key) for key in value if key not in Limits.model_fields]
+    if unknown:
+        raise EnvConfigError(f"limits: unknown key {', '.join(unknown)} (known: {known})")
+    try:
+        return Limits.model_validate(value, strict=True)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}, not {e['input']!r}"
+            for e in exc.errors(include_url=False)
+        )
+        raise EnvConfigError(f"limits: {problems}") from None
 
 
 class EpisodeGrader(Protocol):

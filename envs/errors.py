@@ -31,3 +31,18 @@ class ToolAuthError(ToolInfraError):
 
 class EnvConfigError(EnvError):
     pass
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: "mapping values are not allowed here (line 3, column 5)".
+
+    PyYAML's own text spans four lines and names "<unicode string>" instead of the file; the
+    CLI prints errors as one line, and the caller knows the file.
+    """
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"

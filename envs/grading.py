@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from envs.episode import EpisodeGrader
-from envs.graders import Grader, GradeResult, grade_row, make_grader
+from envs.errors import EnvConfigError
+from envs.graders import (
+    Grader,
+    GraderConfigError,
+    GradeResult,
+    check_grader_spec,
+    grade_row,
+    make_grader,
+)
 
 # Right answers found without the required tools earn half: the policy should learn to look.
 DEFAULT_TOOL_POLICY = {"penalty": 0.5}
@@ -36,4 +44,18 @@ def episode_grader(spec: EpisodeGrader | Mapping[str, Any] | str | None = None) 
     data.setdefault("tool_policy", DEFAULT_TOOL_POLICY)
     if data["tool_policy"] is None:
         del data["tool_policy"]
-    return RowGrader(make_grader(data))
+    try:
+        return RowGrader(make_grader(data))
+    except GraderConfigError as exc:
+        raise EnvConfigError(f"grader: {exc}") from None
+
+
+def check_grader(spec: Any) -> None:
+    """Validate an environment's grader spec when its config is loaded, so a typo fails
+    there with EnvConfigError, not when the first episode is made."""
+    if spec is None:
+        return
+    try:
+        check_grader_spec(spec)
+    except GraderConfigError as exc:
+        raise EnvConfigError(f"grader: {exc}") from None

@@ -9,6 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from envs.argtypes import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    open_fraction,
+    positive_float,
+    positive_int,
+)
 from rollout.engine import GroupScorer, RolloutSettings, run_rollouts
 from rollout.errors import RolloutConfigError
 from rollout.policy import Policy, SamplingParams
@@ -35,20 +43,27 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--adapter", type=Path, help="local policy: a PEFT adapter to load")
     group.add_argument("--device", default="cpu", help="local policy: torch device")
-    group.add_argument("--temperature", type=float, default=1.0)
-    group.add_argument("--top-p", type=float, default=1.0)
-    group.add_argument("--max-tokens", type=int, default=512, help="per turn")
-    group.add_argument("--request-timeout", type=float, default=120.0, help="seconds per call")
+    group.add_argument("--temperature", type=non_negative_float, default=1.0)
+    group.add_argument("--top-p", type=open_fraction, default=1.0)
+    group.add_argument("--max-tokens", type=positive_int, default=512, help="per turn")
+    group.add_argument(
+        "--request-timeout", type=positive_float, default=120.0, help="seconds per call"
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="toolgym/FilingsQA-v0", help="registered environment id")
     parser.add_argument("--dataset", type=Path, help="rows JSONL (else the environment's own)")
-    parser.add_argument("--tools-url", help="tool server URL (token from TOOL_BEARER)")
+    parser.add_argument(
+        "--tools-url",
+        help="tool server URL (built-in envs send TOOL_BEARER, YAML envs their token_env)",
+    )
     parser.add_argument("--transport", choices=["http", "mcp"], default=None)
-    parser.add_argument("--concurrency", type=int, default=64, help="episodes at once")
-    parser.add_argument("--episode-timeout", type=float, default=600.0, help="seconds")
-    parser.add_argument("--max-failures", type=int, default=None, help="default: 10%% of runs")
+    parser.add_argument("--concurrency", type=positive_int, default=64, help="episodes at once")
+    parser.add_argument("--episode-timeout", type=positive_float, default=600.0, help="seconds")
+    parser.add_argument(
+        "--max-failures", type=non_negative_int, default=None, help="default: 10%% of runs"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     add_policy_arguments(parser)
@@ -57,13 +72,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub: Any) -> None:
     rollout = sub.add_parser("rollout", help="play N episodes per row against a policy")
     add_run_arguments(rollout)
-    rollout.add_argument("--group-size", type=int, default=8, help="episodes per row")
-    rollout.add_argument("--limit", type=int, help="only the first K rows")
+    rollout.add_argument("--group-size", type=positive_int, default=8, help="episodes per row")
+    rollout.add_argument("--limit", type=positive_int, help="only the first K rows")
     rollout.add_argument("--out", type=Path, required=True, help="trajectories JSONL (resumes)")
     judge = rollout.add_argument_group("RULER (an LLM judge scoring each group)")
     judge.add_argument("--ruler-model", help="judge model name; enables RULER")
     judge.add_argument("--ruler-base-url", help="judge server (default: the first --base-url)")
-    judge.add_argument("--ruler-weight", type=float, default=1.0, help="0 grader .. 1 judge")
+    judge.add_argument("--ruler-weight", type=fraction, default=1.0, help="0 grader .. 1 judge")
     judge.add_argument("--ruler-cache", type=Path, help="JSONL cache of judge replies")
     rollout.set_defaults(func=cmd_rollout)
 
@@ -71,9 +86,9 @@ def add_commands(sub: Any) -> None:
         "prior-check", help="K rows x N attempts: does the policy sometimes succeed?"
     )
     add_run_arguments(check)
-    check.add_argument("--rows", type=int, default=32, help="rows sampled (K)")
-    check.add_argument("--attempts", type=int, default=8, help="attempts per row (N)")
-    check.add_argument("--threshold", type=float, default=0.5, help="reward counted a success")
+    check.add_argument("--rows", type=positive_int, default=32, help="rows sampled (K)")
+    check.add_argument("--attempts", type=positive_int, default=8, help="attempts per row (N)")
+    check.add_argument("--threshold", type=fraction, default=0.5, help="reward counted a success")
     check.add_argument("--out", type=Path, help="keep the trajectories here")
     check.set_defaults(func=cmd_prior_check)
 
@@ -204,17 +219,22 @@ def add_eval_command(sub: Any) -> None:
     evaluate.add_argument("--dataset", type=Path, help="rows JSONL (instead of --split)")
     evaluate.add_argument("--base", required=True, help="MODEL_DIR[+ADAPTER_DIR] or NAME@URL")
     evaluate.add_argument("--tuned", required=True, help="MODEL_DIR[+ADAPTER_DIR] or NAME@URL")
-    evaluate.add_argument("--n", type=int, help="K rows drawn with --seed (default: all)")
-    evaluate.add_argument("--attempts", type=int, default=1, help="episodes per row and side")
-    evaluate.add_argument("--tools-url", help="tool server URL (token from TOOL_BEARER)")
+    evaluate.add_argument("--n", type=positive_int, help="K rows drawn with --seed (default: all)")
+    evaluate.add_argument(
+        "--attempts", type=positive_int, default=1, help="episodes per row and side"
+    )
+    evaluate.add_argument(
+        "--tools-url",
+        help="tool server URL (built-in envs send TOOL_BEARER, YAML envs their token_env)",
+    )
     evaluate.add_argument("--transport", choices=["http", "mcp"], default=None)
     evaluate.add_argument("--out", type=Path, required=True, help="directory for all outputs")
     evaluate.add_argument("--rejudge", action="store_true", help="re-grade stored trajectories")
-    evaluate.add_argument("--temperature", type=float, default=0.0)
-    evaluate.add_argument("--max-tokens", type=int, default=512, help="per turn")
-    evaluate.add_argument("--concurrency", type=int, default=32)
-    evaluate.add_argument("--episode-timeout", type=float, default=600.0)
-    evaluate.add_argument("--solved-threshold", type=float, default=0.5)
+    evaluate.add_argument("--temperature", type=non_negative_float, default=0.0)
+    evaluate.add_argument("--max-tokens", type=positive_int, default=512, help="per turn")
+    evaluate.add_argument("--concurrency", type=positive_int, default=32)
+    evaluate.add_argument("--episode-timeout", type=positive_float, default=600.0)
+    evaluate.add_argument("--solved-threshold", type=fraction, default=0.5)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
@@ -227,6 +247,8 @@ async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     dataset = args.dataset or args.data_dir / f"{args.split}.jsonl"
     pool = EnvPool(args.env, dataset=dataset, tools_url=args.tools_url, transport=args.transport)
     rows = sample_rows(pool.rows, args.n, args.seed)
+    if args.out.exists() and not args.out.is_dir():
+        raise RolloutConfigError(f"--out {args.out} is a file; eval writes a directory of files")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         if args.rejudge:
@@ -243,8 +265,9 @@ async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
             seed=args.seed,
             progress=not args.no_progress,
         )
-        for side, text in (("base", args.base), ("tuned", args.tuned)):
-            spec = PolicySpec.parse(text)
+        # Both specs are read before playing: a typo in --tuned must not wait for base's run.
+        specs = {"base": PolicySpec.parse(args.base), "tuned": PolicySpec.parse(args.tuned)}
+        for side, spec in specs.items():
             await play_side(pool, rows, spec, settings, args.out / f"{side}.jsonl")
         return pool, rows
     finally:

@@ -40,6 +40,12 @@ class EnvPool:
             raise RolloutConfigError(
                 f"no environment {env_id!r} is registered (known: {known}); see `toolgym envs list`"
             )
+        registered = gym.registry[env_id]
+        if dataset is None and not _has_dataset(registered.entry_point, registered.kwargs, extra):
+            raise RolloutConfigError(
+                f"{env_id} has no dataset of its own: pass --dataset ROWS.jsonl "
+                "(see `toolgym data build`)"
+            )
         self.env_id = env_id
         self.kwargs: dict[str, Any] = dict(extra or {})
         for key, value in (
@@ -77,6 +83,14 @@ class EnvPool:
         """Close the spare environment (the engine closes the ones it took)."""
         while self._spare:
             await self._spare.pop().aclose()
+
+
+def _has_dataset(entry_point: Any, registered: Any, extra: dict[str, Any] | None) -> bool:
+    """Whether an environment made by toolgym's own entry point gets its rows from somewhere;
+    others (a plugin's class) may not need a dataset at all, so they are taken at their word."""
+    if entry_point != "envs.tool_env:make_tool_env":
+        return True
+    return "dataset" in (registered or {}) or "dataset" in (extra or {})
 
 
 def sample_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:

@@ -27,7 +27,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from envs.actions import parse_action
-from rollout.errors import AdapterError, PolicyError, PolicyRequestError, PolicyUnavailableError
+from rollout.errors import (
+    AdapterError,
+    PolicyError,
+    PolicyRequestError,
+    PolicyUnavailableError,
+    RolloutConfigError,
+)
 from rollout.policy import SamplingParams, Turn, TurnRequest
 
 
@@ -177,6 +183,12 @@ class LocalPolicy:
         """Load model and tokenizer from a local directory; `name` is the base model's name
         (default: the directory name). An `adapter_path` is loaded and made active at once."""
         path = Path(path)
+        if not (path / "config.json").is_file():  # else transformers' error, many lines long
+            what = "has no config.json" if path.is_dir() else "does not exist"
+            raise RolloutConfigError(
+                f"local model {path} {what}: give the directory a transformers model was "
+                "saved to (save_pretrained)"
+            )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         tokenizer.padding_side = "left"
         options = {"dtype": dtype, "attn_implementation": attn_implementation}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from envs.argtypes import open_fraction, port, positive_float, positive_int
 from rollout.errors import LaunchError, RolloutConfigError, RolloutError
 from rollout.vllm import (
     RUNTIME_LORA_ENV,
@@ -35,25 +36,30 @@ def add_vllm_commands(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=PATH",
         help="an adapter to serve from the start (repeatable)",
     )
-    serve.add_argument("--lora-rank", type=int, default=None, help="PEFT rank (rounded up)")
-    serve.add_argument("--max-loras", type=int, default=2)
+    serve.add_argument(
+        "--lora-rank", type=positive_int, default=None, help="PEFT rank (rounded up)"
+    )
+    serve.add_argument("--max-loras", type=positive_int, default=2)
     serve.add_argument(
         "--enable-lora", action="store_true", help="LoRA on with no adapter yet (publish later)"
     )
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000)
     serve.add_argument("--served-model-name", default=None)
-    serve.add_argument("--max-model-len", type=int, default=None)
-    serve.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    serve.add_argument("--max-model-len", type=positive_int, default=None)
+    serve.add_argument("--gpu-memory-utilization", type=open_fraction, default=0.9)
     runner = serve.add_mutually_exclusive_group()
     runner.add_argument("--vllm-bin", default="vllm", help="the `vllm` of vLLM's own venv")
     runner.add_argument("--docker", default=None, metavar="IMAGE", help="e.g. vllm/vllm-openai")
     serve.add_argument("--tool-call-parser", default=None, help="default: from the model name")
     serve.add_argument(
-        "--extra-arg", action="append", default=[], help="passed to vllm serve (repeatable)"
+        "--extra-arg",
+        action="append",
+        default=[],
+        help="passed to vllm serve (repeatable); a flag needs '=': --extra-arg=--enforce-eager",
     )
     serve.add_argument("--log", type=Path, default=Path("vllm.log"))
-    serve.add_argument("--health-timeout", type=float, default=900.0, metavar="S")
+    serve.add_argument("--health-timeout", type=positive_float, default=900.0, metavar="S")
     serve.add_argument("--dry-run", action="store_true", help="print the command and env, exit")
     serve.set_defaults(func=cmd_vllm_serve)
 
@@ -69,6 +75,17 @@ def _lora_modules(items: list[str]) -> dict[str, str]:
 
 
 def serve_config(args: argparse.Namespace) -> VllmServeConfig:
+    try:
+        return _serve_config(args)
+    except ValidationError as exc:  # settings the argument types do not cover
+        problems = "; ".join(
+            f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise RolloutConfigError(problems) from None
+
+
+def _serve_config(args: argparse.Namespace) -> VllmServeConfig:
     return VllmServeConfig(
         model=args.model,
         host=args.host,

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from envs.errors import yaml_problem
 from trainer.errors import ConfigError
 
 LossType = Literal["grpo", "dr_grpo", "dapo"]
@@ -35,6 +43,22 @@ class EnvironmentSettings(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to gymnasium.make
     tools_url: str | None = None  # else from kwargs; token from TOOL_BEARER
     transport: Literal["http", "mcp"] | None = None
+
+    @field_validator("kwargs")
+    @classmethod
+    def _settings_work(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # The environment reads its grader and limits only when the first episode is made,
+        # after the model has loaded; check them with the rest of the file instead.
+        from envs.episode import parse_limits
+        from envs.errors import EnvConfigError
+        from envs.grading import check_grader
+
+        try:
+            check_grader(kwargs.get("grader"))
+            parse_limits(kwargs.get("limits"))
+        except EnvConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return kwargs
 
 
 class PolicySettings(BaseModel):
@@ -112,7 +136,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: write key=value, e.g. --set learning_rate=2e-5")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw else ""
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: the key is missing, e.g. --set learning_rate=2e-5")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:  # the value is YAML: "[q_proj, v_proj]", "{rank: 8}"
+        problem = yaml_problem(exc)
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {problem}") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -129,7 +160,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _explain(exc: ValidationError, source: str) -> ConfigError:
-    lines = []
+    """Every problem, each with its key, in one line (the CLI prints errors as one line)."""
+    problems = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(p) for p in error["loc"]) or "(file)"
         message = error["msg"]
@@ -137,17 +169,21 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             message = "unknown key: check its spelling against configs/*.yaml"
         elif error["type"] == "missing":
             message = "required: add it to the file or pass --set " + key + "=..."
-        lines.append(f"  {key}: {message}")
-    return ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+        elif error["type"] == "value_error":  # our validators' messages, without the prefix
+            message = message.removeprefix("Value error, ")
+        problems.append(f"{key}: {message}")
+    return ConfigError(f"{source}: invalid configuration: " + "; ".join(problems))
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     data = apply_overrides(data, overrides or [])
@@ -155,4 +191,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise _explain(exc, str(path)) from None
-    return config.resolve(path.resolve().parent)
+    config = config.resolve(path.resolve().parent)
+    model = Path(config.base_model)
+    if model.is_dir() and not (model / "config.json").is_file():
+        # A directory is taken for the model itself; transformers' own error is many lines.
+        raise ConfigError(f"{path}: base_model: {model} has no config.json, so it is no model")
+    return config

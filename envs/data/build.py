@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,11 +192,9 @@ def parse_counts(items: list[str]) -> dict[str, int] | None:
 
 
 def build_command(corpus: Path, out: Path, seed: int = 0, counts: list[str] | None = None) -> int:
-    """CLI verb: build the dataset and print counts per split, task type and difficulty."""
-    try:
-        summary = build_dataset(corpus, out, seed=seed, counts=parse_counts(counts or []))
-    except (DatasetError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    """CLI verb: build the dataset and print counts per split, task type and difficulty.
+    Bad arguments or corpus files raise DatasetError or OSError, which the CLI prints as
+    one line (exit status 2)."""
+    summary = build_dataset(corpus, out, seed=seed, counts=parse_counts(counts or []))
     print(summary.render())
     return 0

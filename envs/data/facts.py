@@ -84,7 +84,11 @@ def load_fact_lines(path: Path) -> list[FactLine]:
     """Read facts.jsonl; every bad line is reported in one `DatasetError`."""
     facts: list[FactLine] = []
     problems: list[Problem] = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError([f"{path}: not a UTF-8 text file"]) from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -135,6 +135,9 @@ class DatasetError(EnvError):
 
     def __init__(self, problems: Sequence[Problem | str]) -> None:
         self.problems = [str(p) for p in problems]
+        if len(self.problems) == 1:  # one line, as the CLI prints it
+            super().__init__(self.problems[0])
+            return
         listing = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in dataset:\n{listing}")
 

@@ -24,7 +24,6 @@ import hashlib
 import html
 import json
 import re
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -260,7 +259,13 @@ def _val_contexts(uids: list[str], seed: int, val_fraction: float) -> set[str]:
 
 
 def _load_contexts(json_path: Path) -> list[_Context]:
-    data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError([f"{json_path}: not a UTF-8 text file"]) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DatasetError([f"{json_path}: not valid JSON: {exc.msg} ({where})"]) from None
     if not isinstance(data, list):
         raise DatasetError([f"{json_path}: expected a JSON list of contexts"])
     contexts, problems = [], []
@@ -310,12 +315,9 @@ def import_tatqa(
 
 
 def import_tatqa_command(json_path: Path, out_dir: Path) -> int:
-    """CLI verb: import, print counts per split; exit 1 when the file cannot be imported."""
-    try:
-        summary = import_tatqa(json_path, out_dir)
-    except (DatasetError, OSError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    """CLI verb: import, print counts per split. A file that cannot be imported raises
+    DatasetError or OSError, which the CLI prints as one line (exit status 2)."""
+    summary = import_tatqa(json_path, out_dir)
     print(summary.render())
     for line in summary.skipped:
         print(f"skipped {line}")

@@ -23,7 +23,12 @@ from envs.graders.compose import CompositeGrader, Part, ToolUsePolicy
 from envs.graders.errors import GraderConfigError, GraderError, GraderInputError
 from envs.graders.judge import JudgeConfig, JudgeGrader, parse_judge_score
 from envs.graders.numeric import NumericGrader
-from envs.graders.registry import known_grader_types, make_grader, register_grader_type
+from envs.graders.registry import (
+    check_grader_spec,
+    known_grader_types,
+    make_grader,
+    register_grader_type,
+)
 from envs.graders.string import StringGrader, normalize_answer
 
 __all__ = [
@@ -43,6 +48,7 @@ __all__ = [
     "SyncGrader",
     "ToolUsePolicy",
     "Verdict",
+    "check_grader_spec",
     "grade_command",
     "grade_row",
     "known_grader_types",

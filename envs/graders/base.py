@@ -22,7 +22,9 @@ T = TypeVar("T")
 class Verdict(StrEnum):
     CORRECT = "correct"
     PARTIAL = "partial"  # some credit: span-set F1, or a judge score between 0 and 1
-    ROUNDING_SLIP = "rounding_slip"  # right figure, slipped in the last shown digit
+    # Right figure at some precision: rounded too coarsely, one off in the last shown digit,
+    # or more digits than the reference states (13.41% for 13.4%).
+    ROUNDING_SLIP = "rounding_slip"
     WRONG = "wrong"
     AMBIGUOUS = "ambiguous"  # several different values and none marked as the answer
     NO_ANSWER = "no_answer"

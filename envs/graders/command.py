@@ -3,7 +3,8 @@
 `grade_command` returns the text to print and the exit status. The last line is the score
 ("1.0", "0.5", "0.0") when the grade succeeded (status 0); lines before it give the verdict
 and the figures compared. When the grader cannot grade (a reference without a figure, a bad
-tolerance) the last line is "error: ..." and the status is 2.
+tolerance) the last line is "error: ..." and the status is 2; `toolgym grade` then prints
+only that error, as "toolgym: error: ..." on stderr like the CLI's other errors.
 """
 
 from __future__ import annotations
@@ -62,10 +63,19 @@ def _detail_lines(result: GradeResult) -> list[str]:
         rel = d["relative_error"]
         shown = "n/a" if rel is None else f"{rel:.4%}"
         lines.append(f"compared as {d['compared_as']} ({d['reading']}): {d['rule']}")
-        lines.append(f"relative error: {shown} (tolerance {d['tolerance_rel']:.4%})")
+        lines.append(f"relative error: {shown} ({_tolerance_note(d)})")
     if "answer_normalized" in d:
         lines.append(f"answer normalized: {d['answer_normalized']!r}")
         lines.append(f"reference normalized: {d['reference_normalized']!r}")
     if "f1" in d:
         lines.append(f"spans: {d['answer_spans']} vs {d['reference_spans']} (F1 {d['f1']:.3f})")
     return lines
+
+
+def _tolerance_note(d: dict[str, Any]) -> str:
+    # Without an explicit --tolerance-rel the default tolerance covers amounts only; saying so
+    # explains why 13.41% for 13.4% (0.07% off) is not simply correct.
+    note = f"tolerance {d['tolerance_rel']:.4%}"
+    if d["compared_as"] == "percentage points" and not d["tolerance_covers_percent"]:
+        return f"{note} for amounts; none for percentages unless set"
+    return note

@@ -15,17 +15,25 @@ better reading counts. A reference is always read as written.
   ("decreased by 3.2%", "a loss of $5 million", "down 4%").
 
 Credit, with d the absolute difference (exact decimals; "unit" is one in the last shown digit):
-- 1.0, correct: d within the relative tolerance, or the answer rounds to the reference at the
-  reference's shown precision (d <= unit_ref / 2). The tolerance applies to amounts; for
-  percentages only when set explicitly (the row's): 2% of 13.4% is 0.27 points, which would
-  pass 13.2% for a reported 13.4% margin. A percentage rounded to 0.1 point or finer that
-  rounds correctly (13.4% for 13.4271%) is also correct.
-- 0.5, rounding_slip: the reference rounds to the answer but the answer shows fewer digits
-  than the tolerance allows (13% for 13.4%; 1,234 for 1,234.5 under a 0.01% tolerance), with
-  at least 2 significant digits; or a percentage within 0.1 point (13.3% for 13.4%); or one
-  unit off in the last shown digit of the coarser figure when it shows at least 3 significant
-  digits (1,234.4 for 1,234.5 under a tight tolerance). So "$0.8 billion" for $842.5 million
-  and 12 for 13 get nothing: one digit of change there is no slip.
+- 1.0, correct: the same value however written (13.4%, 0.134, 13.40%: a trailing zero states
+  no digit that disagrees), or d within the relative tolerance. The tolerance applies to
+  amounts; for percentages only when set explicitly (the row's): 2% of 13.4% is 0.27 points,
+  which would pass 13.2% for a reported 13.4% margin. A percentage rounded to 0.1 point or
+  finer that rounds correctly (13.4% for 13.4271%) is also correct: fewer digits than the
+  reference, none of them wrong.
+- 0.5, rounding_slip: one of
+  - more digits than the reference: the answer states a digit the reference does not and
+    rounds to it at the reference's precision (13.41% for 13.4%: 0 < d <= unit_ref / 2).
+    Only outside the tolerance, so $842.53 million for $842.5 million stays correct under
+    the default 2%, as $845 million does.
+  - too coarse: the reference rounds to the answer but the answer shows fewer digits than
+    the tolerance allows (13% for 13.4%; 1,234 for 1,234.5 under a 0.01% tolerance), with at
+    least 2 significant digits;
+  - a percentage within 0.1 point (13.3% for 13.4%);
+  - one unit off in the last shown digit of the coarser figure when it shows at least 3
+    significant digits (1,234.4 for 1,234.5 under a tight tolerance).
+  So "$0.8 billion" for $842.5 million and 12 for 13 get nothing: one digit of change there
+  is no slip.
 - 0.0, wrong: anything else.
 """
 
@@ -39,6 +47,7 @@ from envs.graders.base import Verdict
 from envs.graders.numbers import Quantity
 
 TENTH_OF_A_POINT = Decimal("0.1")
+MORE_PRECISE = "more_precise_than_reference"  # the rule name: the answer rounds to the reference
 _HALF = Decimal("0.5")
 
 
@@ -65,7 +74,7 @@ class Reading:
 class Comparison:
     score: float
     verdict: Verdict
-    rule: str  # which rule decided: "tolerance", "rounds_to_reference", "tenth_of_a_point" ...
+    rule: str  # which rule decided: "equal", "tolerance", "tenth_of_a_point" ...
     reading: str  # "literal", "answer_in_reference_unit", "reference_in_answer_unit" ...
     answer_value: Decimal
     reference_value: Decimal
@@ -101,10 +110,14 @@ def judge(
 ) -> tuple[float, Verdict, str]:
     """Score one reading of the answer `a` against the reference `r` (see the module doc)."""
     d = abs(a.value - r.value)
+    if d == 0:
+        return 1.0, Verdict.CORRECT, "equal"
     if (not percent or tolerance.for_percent) and d <= tolerance.rel * abs(r.value):
         return 1.0, Verdict.CORRECT, "tolerance"
     if d <= r.unit * _HALF:
-        return 1.0, Verdict.CORRECT, "rounds_to_reference"
+        # Both values lie on their own grid of powers of ten, so 0 < d < unit_ref means the
+        # answer is the finer one: it states a digit the reference does not (13.41% for 13.4%).
+        return 0.5, Verdict.ROUNDING_SLIP, MORE_PRECISE
     if percent and a.unit <= TENTH_OF_A_POINT and d <= a.unit * _HALF:
         return 1.0, Verdict.CORRECT, "percent_rounding"
     if d <= a.unit * _HALF and a.sig_digits >= 2:

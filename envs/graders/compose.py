@@ -35,7 +35,8 @@ from envs.graders.errors import GraderConfigError, GraderInputError
 class ToolUsePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    penalty: float = Field(default=0.5, ge=0.0, le=1.0)  # fraction of the score taken away
+    # The fraction of the score taken away; strict, so YAML's `penalty: yes` is no 1.0.
+    penalty: float = Field(default=0.5, ge=0.0, le=1.0, strict=True)
 
     def apply(self, result: GradeResult, reference: Reference) -> GradeResult:
         """`result` with the penalty applied when a required tool went unused."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from envs.graders.base import Verdict
-from envs.graders.compare import Tolerance, compare
+from envs.graders.compare import MORE_PRECISE, Comparison, Tolerance, compare
 from envs.graders.errors import GraderError
 from envs.graders.numbers import NOISE_KINDS, Kind, Quantity, find_quantities, prepare
 from envs.graders.text import (
@@ -140,7 +140,11 @@ def _informative(q: Quantity) -> tuple[bool, bool, int, int]:
 
 
 def _agree(a: Quantity, b: Quantity, tolerance: Tolerance) -> bool:
-    correct = Verdict.CORRECT
-    return (
-        compare(a, b, tolerance).verdict is correct or compare(b, a, tolerance).verdict is correct
-    )
+    """Whether `a` and `b` state one value: equal, within tolerance, or one is the other
+    rounded ("$1,234.5 million (about $1.2 billion)"). Rounding costs credit against a
+    reference, but between two figures of one answer it is no disagreement."""
+    return _same(compare(a, b, tolerance)) or _same(compare(b, a, tolerance))
+
+
+def _same(found: Comparison) -> bool:
+    return found.verdict is Verdict.CORRECT or found.rule == MORE_PRECISE

@@ -9,17 +9,18 @@ Built-in types:
     {"type": "composite", "parts": [{"grader": {...}, "weight": 0.7}, ...],
      "tool_policy": {"penalty": 0.5}}
 Any spec may carry "tool_policy"; a plain string is shorthand for {"type": string}.
-`register_grader_type` adds a type (a plugin's, say).
+`register_grader_type` adds a type (a plugin's, say). `check_grader_spec` validates a spec
+without building it, so a config file's mistakes surface when it is loaded, not mid-run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 
 from envs.graders.auto import AutoGrader
 from envs.graders.base import Grader
@@ -40,6 +41,10 @@ class BuildContext:
 
 GraderFactory = Callable[[dict[str, Any], BuildContext], Grader]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+# A number written as a number: YAML's `tolerance_rel: yes` or `"0.1"` is a mistake to report,
+# not a value to coerce (pydantic would read `true` as 1.0).
+Number = Annotated[float, Strict()]
 
 
 class _Spec(BaseModel):
@@ -48,7 +53,7 @@ class _Spec(BaseModel):
 
 class NumericSpec(_Spec):
     type: Literal["numeric", "auto"]
-    tolerance_rel: float = Field(default=DEFAULT_TOLERANCE_REL, ge=0.0, lt=1.0)
+    tolerance_rel: Number = Field(default=DEFAULT_TOLERANCE_REL, ge=0.0, lt=1.0)
 
 
 class StringSpec(_Spec):
@@ -61,7 +66,7 @@ class JudgeSpec(JudgeConfig):
 
 class PartSpec(_Spec):
     grader: dict[str, Any] | str
-    weight: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    weight: Number = Field(default=1.0, ge=0.0, allow_inf_nan=False)
 
 
 class CompositeSpec(_Spec):
@@ -90,8 +95,16 @@ def _judge(spec: dict[str, Any], ctx: BuildContext) -> Grader:
 
 def _composite(spec: dict[str, Any], ctx: BuildContext) -> Grader:
     parsed = _validate(CompositeSpec, spec)
-    parts = [Part(_build(p.grader, ctx), p.weight) for p in parsed.parts]
+    parts = [Part(_in_part(i, _build, p.grader, ctx), p.weight) for i, p in enumerate(parsed.parts)]
     return CompositeGrader(parts, parsed.tool_policy)
+
+
+def _in_part(index: int, step: Callable[..., T], *args: Any) -> T:
+    """Run `step` on a composite's part, naming the part in any error it raises."""
+    try:
+        return step(*args)
+    except GraderConfigError as exc:
+        raise GraderConfigError(f"composite part {index}: {exc}") from None
 
 
 _FACTORIES: dict[str, GraderFactory] = {
@@ -100,6 +113,14 @@ _FACTORIES: dict[str, GraderFactory] = {
     "auto": _auto,
     "judge": _judge,
     "composite": _composite,
+}
+# What `check_grader_spec` validates a built-in type's settings against.
+_SCHEMAS: dict[str, type[BaseModel]] = {
+    "numeric": NumericSpec,
+    "auto": NumericSpec,
+    "string": StringSpec,
+    "judge": JudgeSpec,
+    "composite": CompositeSpec,
 }
 
 
@@ -126,26 +147,72 @@ def make_grader(
     return _build(spec, BuildContext(http_client, transport))
 
 
-def _build(spec: Mapping[str, Any] | str, ctx: BuildContext) -> Grader:
-    data: dict[str, Any] = {"type": spec} if isinstance(spec, str) else dict(spec)
+def check_grader_spec(spec: Any) -> None:
+    """Raise GraderConfigError if `spec` cannot make a grader: unknown type, unknown option,
+    a value of the wrong type or range. Builds nothing and reads no environment variable (a
+    judge's API key is looked up when the grader is built). A type registered without a
+    built-in schema is only checked to exist; its factory checks the rest when it builds."""
+    data, kind = _parse(spec)
+    policy = data.pop("tool_policy", None) if kind != "composite" else None
+    if policy is not None:
+        _validate(ToolUsePolicy, policy, "tool_policy")
+    schema = _SCHEMAS.get(kind)
+    if schema is None:
+        return
+    parsed = _validate(schema, data, f"{kind} grader")
+    if isinstance(parsed, CompositeSpec):
+        for i, part in enumerate(parsed.parts):
+            _in_part(i, check_grader_spec, part.grader)
+
+
+def _parse(spec: Any) -> tuple[dict[str, Any], str]:
+    """The spec as a fresh dict, and its type, which must be a registered one."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping):
+        raise GraderConfigError(
+            f"a grader is a type name or a mapping with a 'type' key, not {spec!r}; "
+            f"known types: {', '.join(known_grader_types())}"
+        )
+    data = dict(spec)
     kind = data.get("type")
-    factory = _FACTORIES.get(kind) if isinstance(kind, str) else None
-    if factory is None:
+    if not isinstance(kind, str) or kind not in _FACTORIES:
         known = ", ".join(known_grader_types())
         raise GraderConfigError(f"unknown grader type {kind!r}; known types: {known}")
+    return data, kind
+
+
+def _build(spec: Mapping[str, Any] | str, ctx: BuildContext) -> Grader:
+    data, kind = _parse(spec)
     policy = data.pop("tool_policy", None) if kind != "composite" else None
-    grader = factory(data, ctx)
+    grader = _FACTORIES[kind](data, ctx)
     if policy is None:
         return grader
-    return CompositeGrader([Part(grader, 1.0)], _validate(ToolUsePolicy, policy))
+    return CompositeGrader([Part(grader, 1.0)], _validate(ToolUsePolicy, policy, "tool_policy"))
 
 
-def _validate(model: type[M], data: Any) -> M:
+def _validate(model: type[M], data: Any, what: str | None = None) -> M:
+    """`data` as `model`; GraderConfigError names each bad key and, for an unknown one, the
+    options there are."""
+    if what is None:
+        kind = data.get("type") if isinstance(data, Mapping) else None
+        what = f"{kind} grader" if isinstance(kind, str) else model.__name__.lower()
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-        )
-        what = model.__name__.removesuffix("Spec").lower()
-        raise GraderConfigError(f"bad {what} settings {data!r}: {problems}") from None
+        problems = "; ".join(_problem(model, e) for e in exc.errors(include_url=False))
+        raise GraderConfigError(f"{what}: {problems}") from None
+
+
+def _problem(model: type[BaseModel], error: Any) -> str:
+    where = ".".join(str(x) for x in error["loc"])
+    if error["type"] == "extra_forbidden" and len(error["loc"]) > 1:  # inside a part
+        return f"unknown option {where!r}"
+    if error["type"] == "extra_forbidden":
+        options = ", ".join(name for name in model.model_fields if name != "type")
+        return f"unknown option {where!r} (options: {options or 'none'})"
+    if error["type"] == "missing":
+        return f"{where}: required"
+    if not where:  # the whole value: `tool_policy: 3`
+        return f"{error['msg']}, not {error['input']!r}"
+    return f"{where}: {error['msg']}, not {error['input']!r}"

@@ -183,7 +183,8 @@ def test_build_command_prints_counts(
     assert build_command(built.corpus, tmp_path / "cmd", seed=0) == 0
     out = capsys.readouterr().out
     assert "train" in out and "val" in out and "lookup" in out and "hard" in out
-    assert build_command(tmp_path / "missing", tmp_path / "cmd2", seed=0) == 1
+    with pytest.raises(DatasetError, match=r"no facts\.jsonl"):  # the CLI: one line, exit 2
+        build_command(tmp_path / "missing", tmp_path / "cmd2", seed=0)
 
 
 # -- the oracle --------------------------------------------------------------------------------
@@ -389,5 +390,8 @@ def test_tatqa_documents_and_splits(tatqa: tuple[Path, dict[str, Row], list[Row]
 def test_tatqa_command_fails_cleanly(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"not": "a list"}', encoding="utf-8")
-    assert import_tatqa_command(bad, tmp_path / "out") == 1
-    assert import_tatqa_command(tmp_path / "absent.json", tmp_path / "out") == 1
+    # Raised for the CLI to print as one line with exit status 2 (tests/test_cli.py).
+    with pytest.raises(DatasetError, match="expected a JSON list of contexts"):
+        import_tatqa_command(bad, tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        import_tatqa_command(tmp_path / "absent.json", tmp_path / "out")

@@ -29,6 +29,7 @@ from envs.graders import (
     StringGrader,
     ToolUsePolicy,
     Verdict,
+    check_grader_spec,
     grade_command,
     grade_row,
     known_grader_types,
@@ -62,6 +63,80 @@ def numeric(answer: str, reference: str = MONEY, tolerance: float | None = None)
 )
 def test_tutorial_grader_cases(answer: str, score: float) -> None:
     assert numeric(answer, "$842.5 million").score == score
+
+
+@pytest.mark.parametrize(
+    ("answer", "score", "verdict"),
+    [
+        ("13.4%", 1.0, Verdict.CORRECT),  # exact
+        ("0.134", 1.0, Verdict.CORRECT),  # format variant: the ratio
+        ("13.41%", 0.5, Verdict.ROUNDING_SLIP),  # states a digit the reference does not
+        ("12.0%", 0.0, Verdict.WRONG),
+    ],
+)
+def test_tutorial_percent_cases(answer: str, score: float, verdict: Verdict) -> None:
+    result = numeric(answer, "13.4%")
+    assert (result.score, result.verdict) == (score, verdict), result.details
+
+
+# ---- answers more precise than the reference ----
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "tolerance", "score"),
+    [
+        ("13.4%", "13.40%", None, 1.0),  # a trailing zero is the same value
+        ("13.4%", "13.4000 percent", None, 1.0),
+        ("13.4%", "0.1341", None, 0.5),  # the ratio, one digit finer
+        ("13.4%", "13.41", None, 0.5),  # bare, read in the reference's unit
+        ("13.4%", "13.45%", None, 0.5),  # half a unit off: still rounds to it
+        ("13.4%", "13.41%", 0.02, 1.0),  # an explicit tolerance covers the extra digit
+        ("13.4271%", "13.4271%", None, 1.0),  # a reference with many digits
+        ("13.4271%", "13.42712%", None, 0.5),
+        ("13.4271%", "13.427%", None, 1.0),  # fewer digits, rounded right: unchanged
+        ("13.4271%", "13.43%", None, 1.0),
+        ("1,234,567.89", "1,234,567.894", 0.0, 0.5),
+        ("1,234,567.89", "1,234,567.890", 0.0, 1.0),
+        ("$842.5 million", "$842.53 million", None, 1.0),  # inside the default 2%
+        ("$842.5 million", "$842.53 million", 0.0, 0.5),
+        ("$842.5 million", "842,530,000", 0.0, 0.5),  # scale written out, a finer digit
+        ("$842.5 million", "842,500,000", 0.0, 1.0),  # ... or the same value
+        ("$842.5 million", "$0.8425 billion", 0.0, 1.0),
+        ("$842.5 million", "842.53", 0.0, 0.5),  # bare, in the reference's unit
+        ("$12.6 thousand", "$12,630", 0.0, 0.5),
+        ("-12.6%", "-12.6%", None, 1.0),
+        ("-12.6%", "-12.64%", None, 0.5),
+        ("-12.6%", "decreased by 12.64%", None, 0.5),
+        ("-12.6%", "12.64%", None, 0.0),  # the sign is wrong
+        ("-12.6 million", "-12.63 million", 0.0, 0.5),
+        ("-12.6 million", "(12.60) million", 0.0, 1.0),
+    ],
+)
+def test_more_digits_than_the_reference(
+    reference: str, answer: str, tolerance: float | None, score: float
+) -> None:
+    result = numeric(answer, reference, tolerance)
+    assert result.score == score, result.details
+    if score == 0.5:
+        assert result.verdict is Verdict.ROUNDING_SLIP
+        assert result.details["rule"] == "more_precise_than_reference"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=99_999),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=0, max_value=5),
+    st.sampled_from(["", "%", " million"]),
+    st.booleans(),
+)
+def test_an_extra_digit_that_rounds_away_costs_half_unless_it_is_zero(
+    digits: int, decimals: int, extra: int, unit: str, negative: bool
+) -> None:
+    mantissa = f"{'-' if negative else ''}{Decimal(digits).scaleb(-decimals):f}"
+    longer = f"{mantissa}{'' if decimals else '.'}{extra}"  # 12.3 -> 12.34; 12 -> 12.4
+    result = numeric(f"{longer}{unit}", f"{mantissa}{unit}", tolerance=0.0)
+    assert result.score == (1.0 if extra == 0 else 0.5), (longer, mantissa, result.details)
 
 
 # ---- reading numbers ----
@@ -201,7 +276,7 @@ def test_currency_mismatch_is_recorded() -> None:
         ("7%", "0.07", 1.0),  # the ratio
         ("7%", "7", 1.0),  # points, in the reference's unit
         ("7%", "7.0%", 1.0),
-        ("7%", "7.4%", 1.0),  # rounds to the reference's precision
+        ("7%", "7.4%", 0.5),  # rounds to the reference, but states a digit it does not
         ("7%", "7.6%", 0.0),
         ("7%", "$7", 0.0),
         ("7%", "7 million", 0.0),
@@ -210,7 +285,7 @@ def test_currency_mismatch_is_recorded() -> None:
         ("13.4", "13.4%", 0.0),  # a plain reference is read as written
         ("13.4%", "0.134", 1.0),
         ("13.4%", "13.4", 1.0),
-        ("13.4%", "13.42 per cent", 1.0),
+        ("13.4%", "13.42 per cent", 0.5),
         ("13.4271%", "13.4%", 1.0),  # rounded to a tenth of a point, correctly
         ("0.5%", "50 bps", 1.0),
         ("-3.2%", "−3.2%", 1.0),
@@ -246,7 +321,7 @@ def test_percent_fraction_and_sign_rules(reference: str, answer: str, score: flo
         ("13.4%", "13.3%", 0.02, 1.0, Verdict.CORRECT),  # an explicit tolerance covers percent
         ("1,234.5", "1,234", None, 1.0, Verdict.CORRECT),  # within the default 2%
         ("1,234.5", "1,235", 0.0001, 0.5, Verdict.ROUNDING_SLIP),  # half up, also coarse
-        ("1,234.5", "1,234.46", 0.0, 1.0, Verdict.CORRECT),
+        ("1,234.5", "1,234.46", 0.0, 0.5, Verdict.ROUNDING_SLIP),  # more digits, rounds to it
         ("1,234.5", "1,234", 0.0001, 0.5, Verdict.ROUNDING_SLIP),  # fewer digits than allowed
         ("1,234.5", "1,234.4", 0.0, 0.5, Verdict.ROUNDING_SLIP),  # one unit in the last digit
         ("1,234.5", "1,234.3", 0.0, 0.0, Verdict.WRONG),
@@ -821,12 +896,58 @@ def test_make_grader_numeric_tolerance_is_used() -> None:
         ({"type": "composite", "parts": []}, "parts"),
         ({"type": "composite", "parts": [{"grader": {"type": "nope"}}]}, "'nope'"),
         ({"type": "numeric", "tool_policy": {"penalty": 3}}, "penalty"),
+        ({"type": "numeric", "tol": 0.1}, "numeric grader: unknown option 'tol' (options: tol"),
+        ({"type": "string", "x": 1}, "string grader: unknown option 'x' (options: none)"),
+        ({"type": "numeric", "tolerance_rel": True}, "valid number, not True"),  # YAML's `yes`
+        ({"type": "auto", "tolerance_rel": "0.1"}, "auto grader: tolerance_rel: Input should"),
+        (
+            {
+                "type": "composite",
+                "parts": [{"grader": "string"}, {"grader": {"type": "numeric", "x": 1}}],
+            },
+            "composite part 1: numeric grader: unknown option 'x'",
+        ),
+        ({"type": "composite", "parts": [{"grader": "string", "x": 1}]}, "option 'parts.0.x'"),
+        ({"type": "composite", "parts": [{"grader": "string", "weight": "heavy"}]}, "weight"),
+        ({"type": "numeric", "tool_policy": {"penalti": 1}}, "unknown option 'penalti'"),
+        ({"type": "numeric", "tool_policy": {"penalty": True}}, "penalty: Input should be"),
+        ({"type": "numeric", "tool_policy": 3}, "tool_policy: Input should be a valid dict"),
+        (5, "a grader is a type name or a mapping with a 'type' key, not 5; known types: auto"),
     ],
 )
-def test_make_grader_errors_say_what_is_wrong(spec: dict[str, Any], message: str) -> None:
-    with pytest.raises(GraderConfigError) as caught:
-        make_grader(spec)
-    assert message in str(caught.value)
+def test_make_grader_errors_say_what_is_wrong(spec: Any, message: str) -> None:
+    for check in (make_grader, check_grader_spec):  # at build time and at load time alike
+        with pytest.raises(GraderConfigError) as caught:
+            check(spec)
+        assert message in str(caught.value), check
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "auto",
+        {"type": "numeric", "tolerance_rel": 0},  # a whole number is a number
+        {"type": "auto", "tolerance_rel": 0.01, "tool_policy": {"penalty": 1}},
+        {"type": "numeric", "tool_policy": None},
+        {
+            "type": "composite",
+            "parts": [{"grader": "numeric", "weight": 2}, {"grader": {"type": "string"}}],
+            "tool_policy": {"penalty": 0.25},
+        },
+    ],
+)
+def test_valid_specs_pass_the_check_and_build(spec: Any) -> None:
+    check_grader_spec(spec)
+    assert isinstance(make_grader(spec), Grader)
+
+
+def test_the_check_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A judge's key is needed to grade, not to validate a config file listing environments.
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    spec = {"type": "judge", "base_url": "http://judge/v1", "model": "m"}
+    check_grader_spec({**spec, "api_key_env": "NO_SUCH_JUDGE_KEY"})
+    with pytest.raises(GraderConfigError, match="NO_SUCH_JUDGE_KEY"):
+        make_grader({**spec, "api_key_env": "NO_SUCH_JUDGE_KEY"})
 
 
 def test_register_grader_type() -> None:
