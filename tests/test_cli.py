@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit import free_port, process_alive, wait_until
+from testkit import answers_health, free_port, process_alive, wait_until
 from trainer.cli import main
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
@@ -66,13 +66,6 @@ def start(*args: str, env: dict[str, str], log: Path) -> Served:
             [TOOLGYM, *args], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
     return Served(process, log)
-
-
-def answers_health(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_serve_refuses_to_start_without_a_token(corpus_dir: Path, hybrid_index: Path) -> None:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from testkit import Died, WaitFailed, Watch, wait_until
+from testkit import Died, WaitFailed, Watch, answers_health, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"
@@ -82,13 +82,6 @@ def container_alive(name: str) -> Watch:
             raise Died(f"container {name} is {state or 'gone'!r}")
 
     return watch
-
-
-def answers_health(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def wait_for_health(name: str, base_url: str) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -206,6 +207,14 @@ def start_server(app: ASGIApp, graceful_shutdown_s: int | None = 1) -> LiveServe
         timeout_s=30,
     )
     return LiveServer(url=f"http://127.0.0.1:{port}", server=server, thread=thread)
+
+
+def answers_health(base_url: str, timeout_s: float = 5) -> bool:
+    """Whether a toolgym server at `base_url` says it is healthy (a refused connection: no)."""
+    try:
+        return httpx.get(f"{base_url}/health", timeout=timeout_s).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def auth(token: str = TOKENS[0]) -> dict[str, str]:
