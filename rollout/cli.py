@@ -19,7 +19,8 @@ from envs.argtypes import (
 )
 from rollout.engine import GroupScorer, RolloutSettings, run_rollouts
 from rollout.errors import RolloutConfigError
-from rollout.policy import Policy, SamplingParams
+from rollout.policy import DEFAULT_DEVICE, DEFAULT_REQUEST_TIMEOUT_S, SamplingParams
+from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy, parse_policy
 from rollout.summary import RolloutSummary
 
 
@@ -42,12 +43,22 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="served model or LoRA adapter name; with local: a path"
     )
     group.add_argument("--adapter", type=Path, help="local policy: a PEFT adapter to load")
-    group.add_argument("--device", default="cpu", help="local policy: torch device")
     group.add_argument("--temperature", type=non_negative_float, default=1.0)
     group.add_argument("--top-p", type=open_fraction, default=1.0)
     group.add_argument("--max-tokens", type=positive_int, default=512, help="per turn")
+    add_placement_arguments(group)
+
+
+def add_placement_arguments(group: Any) -> None:
+    """Where a policy runs: shared by rollout, prior-check and eval so they read alike."""
     group.add_argument(
-        "--request-timeout", type=positive_float, default=120.0, help="seconds per call"
+        "--device", default=DEFAULT_DEVICE, help="local policy: torch device (cpu, cuda, cuda:1)"
+    )
+    group.add_argument(
+        "--request-timeout",
+        type=positive_float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help="served policy: seconds per call",
     )
 
 
@@ -99,23 +110,18 @@ def add_commands(sub: Any) -> None:
     add_vllm_commands(sub)
 
 
-def make_policy(args: argparse.Namespace) -> Policy:
+def policy_spec(args: argparse.Namespace) -> PolicySpec:
+    """The spec `--policy/--model/--base-url/--adapter/--device/--request-timeout` describe."""
     if args.policy == "local":
-        from rollout.local_policy import LocalPolicy
-
         if args.base_url:
             raise RolloutConfigError("--base-url is for --policy vllm; local needs --model PATH")
-        return LocalPolicy.from_pretrained(
-            Path(args.model), device=args.device, adapter_path=args.adapter
-        )
-    from rollout.openai_policy import OpenAIPolicy
-
+        return LocalSpec(Path(args.model), args.adapter, args.device)
     if not args.base_url:
         raise RolloutConfigError(
             "--base-url is required with --policy vllm (e.g. http://127.0.0.1:8000/v1); "
             "start a server with `toolgym vllm serve --model ...`"
         )
-    return OpenAIPolicy(args.base_url, args.model, timeout_s=args.request_timeout)
+    return ServerSpec(args.model, tuple(args.base_url), args.request_timeout)
 
 
 def make_scorer(args: argparse.Namespace) -> GroupScorer | None:
@@ -168,7 +174,7 @@ async def _rollout(
         tools_url=args.tools_url,
         transport=args.transport,
     )
-    policy = make_policy(args)
+    policy = open_policy(policy_spec(args))
     try:
         rows = pick(pool.rows)
         return await run_rollouts(
@@ -230,6 +236,7 @@ def add_eval_command(sub: Any) -> None:
     evaluate.add_argument("--transport", choices=["http", "mcp"], default=None)
     evaluate.add_argument("--out", type=Path, required=True, help="directory for all outputs")
     evaluate.add_argument("--rejudge", action="store_true", help="re-grade stored trajectories")
+    add_placement_arguments(evaluate)
     evaluate.add_argument("--temperature", type=non_negative_float, default=0.0)
     evaluate.add_argument("--max-tokens", type=positive_int, default=512, help="per turn")
     evaluate.add_argument("--concurrency", type=positive_int, default=32)
@@ -240,10 +247,20 @@ def add_eval_command(sub: Any) -> None:
     evaluate.set_defaults(func=cmd_eval)
 
 
+def eval_specs(args: argparse.Namespace) -> dict[str, PolicySpec]:
+    return {
+        side: parse_policy(text, device=args.device, request_timeout_s=args.request_timeout)
+        for side, text in (("base", args.base), ("tuned", args.tuned))
+    }
+
+
 async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     from rollout.environments import EnvPool, sample_rows
-    from rollout.evaluate import PolicySpec, play_side, rejudge_file
+    from rollout.evaluate import play_side, rejudge_file
 
+    # Both specs are read first: a typo in --tuned must wait neither for the rows nor for
+    # base's run (--rejudge plays no policy, so its models need not exist any more).
+    specs = {} if args.rejudge else eval_specs(args)
     dataset = args.dataset or args.data_dir / f"{args.split}.jsonl"
     pool = EnvPool(args.env, dataset=dataset, tools_url=args.tools_url, transport=args.transport)
     rows = sample_rows(pool.rows, args.n, args.seed)
@@ -265,8 +282,6 @@ async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
             seed=args.seed,
             progress=not args.no_progress,
         )
-        # Both specs are read before playing: a typo in --tuned must not wait for base's run.
-        specs = {"base": PolicySpec.parse(args.base), "tuned": PolicySpec.parse(args.tuned)}
         for side, spec in specs.items():
             await play_side(pool, rows, spec, settings, args.out / f"{side}.jsonl")
         return pool, rows

@@ -34,7 +34,7 @@ from rollout.errors import (
     PolicyUnavailableError,
     RolloutConfigError,
 )
-from rollout.policy import SamplingParams, Turn, TurnRequest
+from rollout.policy import DEFAULT_DEVICE, SamplingParams, Turn, TurnRequest
 
 
 def stop_ids(tokenizer: Any, generation_config: GenerationConfig | None) -> frozenset[int]:
@@ -136,7 +136,7 @@ class LocalPolicy:
         tokenizer: Any,
         *,
         name: str,
-        device: str = "cpu",
+        device: str = DEFAULT_DEVICE,
         max_batch: int = 16,
         batch_window_s: float = 0.01,
         max_context: int | None = None,
@@ -170,7 +170,7 @@ class LocalPolicy:
         cls,
         path: str | Path,
         *,
-        device: str = "cpu",
+        device: str = DEFAULT_DEVICE,
         adapter_path: str | Path | None = None,
         adapter_name: str | None = None,
         max_batch: int = 16,
@@ -291,6 +291,10 @@ class LocalPolicy:
             self._active = name
             if previous in self._adapters and previous != name:
                 await asyncio.to_thread(self._unload, previous)
+
+    async def publish_adapter(self, path: Path, version: str) -> None:
+        """The Policy protocol's publish: swapped in place, the base weights stay loaded."""
+        await self.swap_adapter(path, version)
 
     async def set_active(self, name: str) -> None:
         """Make the base or a loaded adapter the default for requests without `model`."""

@@ -18,7 +18,8 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,7 +32,10 @@ from rollout.errors import (
     RolloutConfigError,
     TokenIdsMissingError,
 )
-from rollout.policy import Turn, TurnRequest
+from rollout.policy import DEFAULT_REQUEST_TIMEOUT_S, Turn, TurnRequest
+
+if TYPE_CHECKING:
+    from rollout.vllm import AdapterClient
 
 API_KEY_ENV = "VLLM_API_KEY"
 _MAX_COOLDOWN_S = 60.0
@@ -96,12 +100,13 @@ class OpenAIPolicy:
         model: str,
         *,
         api_key: str | None = None,
-        timeout_s: float = 300.0,
+        timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         attempts: int = 3,
         backoff_s: float = 0.5,
         max_connections: int = 256,
         cooldown_s: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        adapter_dir_on_server: Path | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -115,6 +120,9 @@ class OpenAIPolicy:
         self.backoff_s = backoff_s
         self.cooldown_s = cooldown_s
         self._next = 0  # round-robin cursor for ties
+        self._api_key = api_key
+        self.adapter_dir_on_server = adapter_dir_on_server  # where servers read published adapters
+        self._adapter_clients: list[AdapterClient] = []  # made by the first publish_adapter
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         # httpx's pool scans all its connections for every request (quadratic under load), so
         # many small pools, each request on the least busy, keep the client's CPU per call flat.
@@ -243,9 +251,29 @@ class OpenAIPolicy:
             f"(servers tried: {', '.join(sorted(tried))}); last problem: {problem.text}"
         )
 
+    async def publish_adapter(self, path: Path, version: str) -> None:
+        """Load the adapter as `version` on every server this policy plays on (requests are
+        balanced across them, so each must serve it), unload the previous version, and route
+        later requests to `version`."""
+        server_path = self.adapter_dir_on_server / path.name if self.adapter_dir_on_server else path
+        for client in self._adapter_clients_for_servers():
+            await client.publish(server_path, version)
+        self._model = version
+
+    def _adapter_clients_for_servers(self) -> list[AdapterClient]:
+        if not self._adapter_clients:
+            from rollout.vllm import AdapterClient  # rollout.vllm imports this module
+
+            self._adapter_clients = [
+                AdapterClient(backend.url, api_key=self._api_key) for backend in self._backends
+            ]
+        return self._adapter_clients
+
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.http.aclose()
+        for client in self._adapter_clients:
+            await client.aclose()
 
 
 def _tool_call(raw: Any) -> dict[str, Any]:

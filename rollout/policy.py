@@ -10,9 +10,15 @@ re-tokenizes text to recover them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# One default for every caller (CLI, eval, trainer config, OpenAIPolicy): a long turn on a busy
+# server can take minutes; an episode has its own, longer timeout on top.
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_DEVICE = "cpu"  # local policies: runs anywhere; pass "cuda" to use a GPU
 
 
 class SamplingParams(BaseModel):
@@ -44,11 +50,19 @@ class Turn:
 
 
 class Policy(Protocol):
-    """Anything that plays assistant turns; `model` names the version it serves now."""
+    """Anything that plays assistant turns; `model` names the version it serves now.
+
+    A backend is one class with these members; `rollout.policy_spec.open_policy` builds it.
+    """
 
     @property
     def model(self) -> str: ...
 
     async def complete(self, request: TurnRequest) -> Turn: ...
+
+    async def publish_adapter(self, path: Path, version: str) -> None:
+        """Serve the LoRA adapter saved at `path` as `version` and make it the current model
+        (requests without `model` get it); the previously published version is dropped."""
+        ...
 
     async def aclose(self) -> None: ...
