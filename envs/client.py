@@ -1,8 +1,10 @@
 """Tool clients: how an episode reaches the tool server, over HTTP, MCP or in-process ASGI.
 
-All speak one small protocol (`specs`, `call`, `aclose`). A tool's own refusal ("Error: ...")
-is a normal result; only an unreachable, failing or unauthorised server raises a
-`ToolInfraError`, after a bounded number of retries for the transient cases.
+All speak one small protocol (`specs`, `call`, `aclose`). A call answers a `ToolOutput`: the
+tool's text, untouched, and whether the transport flagged it an error (MCP's `is_error`, the
+HTTP body's `is_error`). A tool's own refusal is a normal result; only an unreachable, failing
+or unauthorised server raises a `ToolInfraError`, after a bounded number of retries for the
+transient cases.
 
 A client sends exactly the token it is given, or no Authorization header when it gets none:
 it never looks one up itself. Which token an environment presents is decided where the
@@ -38,10 +40,19 @@ def shared_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@dataclass(frozen=True)
+class ToolOutput:
+    """One call's answer. `is_error` comes from the transport's own flag, never from the text:
+    a third-party tool may well answer "Error: none found" as a normal result."""
+
+    text: str
+    is_error: bool = False
+
+
 class ToolClient(Protocol):
     async def specs(self) -> list[dict[str, Any]]: ...
 
-    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> str: ...
+    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput: ...
 
     async def aclose(self) -> None: ...
 
@@ -111,7 +122,7 @@ class HttpToolClient:
             self._specs = list(response.json())
         return self._specs
 
-    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> str:
+    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput:
         response = await self._request(
             "POST", f"/{name}", {"arguments": arguments, "call_id": call_id}
         )
@@ -122,10 +133,12 @@ class HttpToolClient:
         if not isinstance(body, dict):
             body = {"detail": body}
         if response.status_code == 404:  # toolgym's servers say which tools exist; keep that
-            return str(body.get("output") or f"Error: unknown tool {name!r}.")
+            return ToolOutput(str(body.get("output") or f"Error: unknown tool {name!r}."), True)
         if response.status_code >= 400 or "output" not in body:  # refused (size, shape)
-            return f"Error: the tool server refused the call: {body.get('detail', body)}"
-        return str(body["output"])
+            detail = body.get("detail", body)
+            return ToolOutput(f"Error: the tool server refused the call: {detail}", True)
+        # Servers of the older contract send no flag: their answers count as successes.
+        return ToolOutput(str(body["output"]), body.get("is_error") is True)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -200,15 +213,13 @@ class McpToolClient:
             for t in listed.tools
         ]
 
-    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> str:
+    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput:
         try:
             result = await self._submit("call_tool", name, arguments)
         except Exception as exc:  # transport failure mid-session
             raise ToolServerUnavailableError(f"MCP call {name} failed: {exc!r}") from None
         text = "".join(getattr(block, "text", "") for block in result.content)
-        if result.is_error and not text.startswith("Error"):
-            return f"Error: {text}"
-        return text
+        return ToolOutput(text, bool(result.is_error))
 
     async def aclose(self) -> None:
         if self._owner is not None and not self._owner.done():

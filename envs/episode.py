@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field, ValidationError
 
 from envs.actions import ParsedAction, ToolCall, final_answer, parse_action
-from envs.client import ToolClient
+from envs.client import ToolClient, ToolOutput
 from envs.errors import EnvConfigError, ToolInfraError
 from envs.graders import GradeResult
 
@@ -72,8 +72,14 @@ class CallRecord:
     name: str
     arguments: dict[str, Any] | None
     output: str
-    ok: bool
+    ok: bool  # the transport's error flag, inverted; never read off the text
     latency_s: float
+
+
+def env_error(text: str) -> ToolOutput:
+    """A failure the environment itself produces (broken action, budget): flagged as one
+    explicitly, so that no count has to recognise it by its wording."""
+    return ToolOutput(text, is_error=True)
 
 
 @dataclass
@@ -150,11 +156,11 @@ class Episode:
 
     def _malformed(self, parsed: ParsedAction) -> StepOutcome:
         problem = parsed.error or "the message is empty"
-        text = f"Error: {problem}. Call a tool, or reply with your final answer."
+        error = env_error(f"Error: {problem}. Call a tool, or reply with your final answer.")
         self.state.calls.append(
-            CallRecord(f"invalid_{self.state.turns}", "", None, text, False, 0.0)
+            CallRecord(f"invalid_{self.state.turns}", "", None, error.text, not error.is_error, 0.0)
         )
-        message = {"role": "user", "content": text}
+        message = {"role": "user", "content": error.text}
         self.state.messages.append(message)
         return self._after_turn([dict(message)], over_budget=False)
 
@@ -164,34 +170,35 @@ class Episode:
         for call in calls:
             if len(self.state.calls) >= self.limits.max_tool_calls:
                 over_budget = True
-                output, ok, latency = "Error: tool-call budget exhausted.", False, 0.0
+                output = env_error("Error: tool-call budget exhausted.")
             else:
-                output, ok, latency = await self._run_one(call)
+                output, latency = await self._run_one(call)
+                ok = not output.is_error
                 self.state.calls.append(
-                    CallRecord(call.id, call.name, call.arguments, output, ok, latency)
+                    CallRecord(call.id, call.name, call.arguments, output.text, ok, latency)
                 )
             message = {
                 "role": "tool",
                 "tool_call_id": call.id,
                 "name": call.name,
-                "content": output,
+                "content": output.text,  # the tool's own text, whatever its flag
             }
             self.state.messages.append(message)
-            self.state.tokens += self.count_tokens(output)
+            self.state.tokens += self.count_tokens(output.text)
             observation.append(dict(message))
         return observation, over_budget
 
-    async def _run_one(self, call: ToolCall) -> tuple[str, bool, float]:
+    async def _run_one(self, call: ToolCall) -> tuple[ToolOutput, float]:
         if call.error or call.arguments is None:
-            return f"Error: {call.error or 'unreadable arguments'}.", False, 0.0
+            return env_error(f"Error: {call.error or 'unreadable arguments'}."), 0.0
         started = time.perf_counter()
         output = await self.client.call(call.name, call.arguments, call.id)
-        ok = not output.startswith("Error")
+        ok = not output.is_error
         if ok and call.name == "read" and isinstance(call.arguments.get("path"), str):
             path = call.arguments["path"]
             if path not in self.state.documents_read:
                 self.state.documents_read.append(path)
-        return output, ok, time.perf_counter() - started
+        return output, time.perf_counter() - started
 
     def _after_turn(self, observation: list[dict[str, Any]], over_budget: bool) -> StepOutcome:
         limits, state = self.limits, self.state

@@ -1,9 +1,7 @@
 """`toolgym eval`: base and tuned policies on the same rows with the same seeds, then compared.
 
-    POLICY is one of:
-      MODEL_DIR                  a local transformers model (in-process)
-      MODEL_DIR+ADAPTER_DIR      that model with a LoRA adapter (e.g. runs/x/adapters/v0020)
-      NAME@URL                   a model or adapter NAME served at URL (vLLM, OpenAI-compatible)
+    POLICY is MODEL_DIR, MODEL_DIR+ADAPTER_DIR or NAME@URL[,URL...]: see rollout.policy_spec
+    (`--device` places a local one, `--request-timeout` bounds each call to a served one).
 
 Everything lands in `--out DIR`: base.jsonl and tuned.jsonl (resumable rollouts),
 samples.jsonl (one comparison per row), report.html with its PNG plots. `--rejudge` re-grades
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,42 +21,9 @@ from rollout.compare import Comparison, compare
 from rollout.engine import RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
 from rollout.errors import RolloutConfigError
-from rollout.policy import Policy
+from rollout.policy_spec import PolicySpec, open_policy
 from rollout.store import read_trajectories
 from rollout.trajectory import Trajectory
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    kind: str  # "local" or "server"
-    model: str
-    adapter: Path | None = None
-    url: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> PolicySpec:
-        if "@" in text and text.split("@", 1)[1].startswith(("http://", "https://")):
-            name, url = text.split("@", 1)
-            return cls("server", name, url=url)
-        model, _, adapter = text.partition("+")
-        if not Path(model).is_dir():
-            raise RolloutConfigError(
-                f"policy {text!r}: {model} is not a model directory; use MODEL_DIR, "
-                "MODEL_DIR+ADAPTER_DIR, or NAME@http://host:port/v1"
-            )
-        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-            raise RolloutConfigError(f"policy {text!r}: {adapter} is not a PEFT adapter directory")
-        return cls("local", model, Path(adapter) if adapter else None)
-
-    def open(self, timeout_s: float) -> Policy:
-        if self.kind == "server":
-            from rollout.openai_policy import OpenAIPolicy
-
-            assert self.url is not None
-            return OpenAIPolicy(self.url, self.model, timeout_s=timeout_s)
-        from rollout.local_policy import LocalPolicy
-
-        return LocalPolicy.from_pretrained(Path(self.model), adapter_path=self.adapter)
 
 
 def references(rows: list[Any]) -> dict[str, str]:
@@ -73,7 +37,7 @@ def references(rows: list[Any]) -> dict[str, str]:
 async def play_side(
     pool: EnvPool, rows: list[Any], spec: PolicySpec, settings: RolloutSettings, out: Path
 ) -> None:
-    policy = spec.open(timeout_s=settings.episode_timeout_s)
+    policy = open_policy(spec)
     try:
         await run_rollouts(rows, pool.factory(), policy, settings, out)
     finally:
@@ -81,7 +45,10 @@ async def play_side(
 
 
 def tools_used(trajectory: Trajectory) -> set[str]:
-    """Tools that answered without an error, as the episode counted them."""
+    """Tools that answered without an error, as the episode counted them (from the transport's
+    error flag). Files written before trajectories recorded that fall back to the tool text."""
+    if trajectory.tools_used is not None:
+        return set(trajectory.tools_used)
     return {
         str(m.get("name"))
         for m in trajectory.messages

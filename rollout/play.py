@@ -103,6 +103,7 @@ def _apply_info(trajectory: Trajectory, info: dict[str, Any]) -> None:
     calls = info.get("tool_calls") or []
     trajectory.metrics.tool_calls = len(calls)
     trajectory.metrics.tool_errors = sum(1 for c in calls if not c.get("ok"))
+    trajectory.tools_used = sorted(info.get("tools_used") or [])
     trajectory.metrics.tool_s = round(sum(c.get("latency_s", 0.0) for c in calls), 4)
     trajectory.grade = info.get("grade")
 

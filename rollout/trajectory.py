@@ -49,7 +49,7 @@ class TurnTokens(BaseModel):
 class EpisodeMetrics(BaseModel):
     turns: int = 0
     tool_calls: int = 0
-    tool_errors: int = 0  # calls the tools answered with "Error: ..." (the model's mistakes)
+    tool_errors: int = 0  # calls flagged failed (transport's is_error, or the env's own refusal)
     prompt_tokens: int = 0  # last turn's prompt: the context length reached
     completion_tokens: int = 0  # summed over turns
     policy_s: float = 0.0
@@ -77,6 +77,9 @@ class Trajectory(BaseModel):
     seed: int | None = None
     messages: list[dict[str, Any]]
     tools: list[str] = Field(default_factory=list)  # tool names offered
+    # Tools that answered without their error flag set, as the episode counted them; None in
+    # files written before the flag was recorded (the messages' text cannot tell).
+    tools_used: list[str] | None = None
     turns: list[TurnTokens] = Field(default_factory=list)
     answer: str | None = None
     reward: float | None = None  # None when the episode failed: never a silent zero

@@ -145,4 +145,5 @@ def test_mcp_answers_any_arguments_with_the_http_text(
     output = response.json()["output"]
     is_error, text = asyncio.run(mcp_call(mcp, name, args))
     assert text == output
+    assert is_error is response.json()["is_error"]  # the transports' flags agree
     assert is_error == output.startswith("Error: ")  # no document of this corpus starts so

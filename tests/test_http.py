@@ -129,8 +129,24 @@ def test_unknown_tool_gets_a_404_carrying_the_refusal_text(client: httpx.Client)
     assert response.status_code == 404
     assert response.json() == {
         "output": "Error: unknown tool 'delete_everything'. Tools: search, list, read.",
+        "is_error": True,
         "call_id": "u1",
     }
+
+
+@pytest.mark.parametrize(
+    ("arguments", "is_error"),
+    [({"query": "Henderson operating margin"}, False), ({"query": ""}, True)],
+    ids=["good", "bad"],
+)
+def test_the_body_carries_the_tools_own_error_flag(
+    client: httpx.Client, arguments: dict[str, object], is_error: bool
+) -> None:
+    response = client.post("/search", json={"arguments": arguments}, headers=auth())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["is_error"] is is_error
+    assert body["output"].startswith("Error: ") is is_error
 
 
 def test_unknown_tool_names_are_behind_the_token(client: httpx.Client) -> None:

@@ -136,11 +136,13 @@ def http(http_server: LiveServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def http_text(http: httpx.Client, name: str, arguments: dict[str, Any]) -> tuple[int, str]:
+def http_text(http: httpx.Client, name: str, arguments: dict[str, Any]) -> tuple[int, bool, str]:
+    """Status, the body's `is_error` flag and its output for one HTTP call."""
     response = http.post(f"/{name}", json={"arguments": arguments, "call_id": "m1"})
     body = response.json()
     assert body["call_id"] == "m1"
-    return response.status_code, str(body["output"])
+    assert isinstance(body["is_error"], bool)
+    return response.status_code, body["is_error"], str(body["output"])
 
 
 def test_mcp_lists_exactly_the_http_specs(mcp_server: LiveServer, http: httpx.Client) -> None:
@@ -166,9 +168,10 @@ def test_good_calls_give_the_same_output(
     arguments: dict[str, Any],
 ) -> None:
     is_error, text = mcp_answers[key(name, arguments)]
-    status, output = http_text(http, name, arguments)
+    status, http_is_error, output = http_text(http, name, arguments)
     assert status == 200
     assert not is_error
+    assert not http_is_error  # the two transports' flags agree
     assert not text.startswith("Error")
     assert text == output
 
@@ -184,8 +187,9 @@ def test_bad_calls_give_the_same_error_text(
     case: str,
 ) -> None:
     is_error, text = mcp_answers[key(name, arguments)]
-    status, output = http_text(http, name, arguments)
+    status, http_is_error, output = http_text(http, name, arguments)
     assert is_error
+    assert http_is_error  # the two transports' flags agree
     assert text == output
     assert status == (404 if case.startswith("unknown-tool") else 200)
     assert text.startswith("Error: ")

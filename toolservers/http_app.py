@@ -1,8 +1,8 @@
 """HTTP adapter: the tool contract over FastAPI.
 
 POST /search | /list | /read   {"arguments": {...}, "call_id": "c1"}
-                               -> 200 {"output": "...", "call_id": "c1"}
-POST /<any other name>         -> 404 {"output": "Error: unknown tool ...", "call_id": "c1"}
+                               -> 200 {"output": "...", "is_error": false, "call_id": "c1"}
+POST /<any other name>         -> 404 {"output": "Error: unknown tool ...", "is_error": true, ...}
 GET  /tools                    OpenAI function-tool specs
 GET  /health                   liveness, no token
 
@@ -41,6 +41,8 @@ class ToolRequest(BaseModel, extra="forbid"):
 
 class ToolResponse(BaseModel):
     output: str
+    # The tool's own verdict, as MCP's `is_error`: clients must not guess it from the text.
+    is_error: bool
     call_id: str | None
 
 
@@ -117,7 +119,9 @@ def _tool_endpoint(toolbox: Toolbox, tool: str | None) -> Endpoint:
             return call
         name = tool if tool is not None else request.scope["path"].removeprefix("/")
         result = await run_tool(toolbox, name, call.arguments or {})
-        body = ToolResponse(output=result.text, call_id=call.call_id).model_dump_json()
+        body = ToolResponse(
+            output=result.text, is_error=result.is_error, call_id=call.call_id
+        ).model_dump_json()
         status = 200 if name in TOOL_NAMES else 404
         return Response(body, status_code=status, media_type="application/json")
 

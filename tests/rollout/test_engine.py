@@ -99,6 +99,9 @@ def test_groups_are_recorded_token_exact(
     for trajectory in trajectories:
         assert trajectory.reward is not None and trajectory.error is None
         assert trajectory.metrics.tool_calls == 2  # the fake agent searches, then reads
+        # Both answered without the error flag, and the file says which tools were used.
+        assert trajectory.metrics.tool_errors == 0
+        assert trajectory.tools_used == ["read", "search"]
         assert len(trajectory.turns) == 3
         # Each turn's prompt ids are the server's rendering of exactly the messages sent.
         assistant_at = [i for i, m in enumerate(trajectory.messages) if m["role"] == "assistant"]
