@@ -288,7 +288,7 @@ FILES = {
     "env-broken.yaml": "id: [unclosed\n",
     "train-grader.yaml": TRAIN_YAML + "environment: {kwargs: {grader: {type: nope}}}\n",
     "train-option.yaml": TRAIN_YAML + "environment: {kwargs: {grader: {type: auto, x: 1}}}\n",
-    "train-limits.yaml": TRAIN_YAML + "environment: {kwargs: {limits: {max_turns: 0}}}\n",
+    "train-limits.yaml": TRAIN_YAML + "environment: {limits: {max_turns: 0}}\n",
     "train-env.yaml": TRAIN_YAML + "environment: {id: acme/Nope-v0}\n",
     "train-model.yaml": "base_model: empty-dir\ntrain_dataset: rows.jsonl\n",
     "train-epochs.yaml": TRAIN_YAML + "epochs: zero\n",
@@ -325,7 +325,10 @@ BAD_INPUTS = [
     # -- train configs: checked before a model is loaded
     ("train --config {d}/train-grader.yaml", "environment.kwargs: grader: unknown grader type"),
     ("train --config {d}/train-option.yaml", "auto grader: unknown option 'x'"),
-    ("train --config {d}/train-limits.yaml", "limits: max_turns: Input should be greater"),
+    (
+        "train --config {d}/train-limits.yaml",
+        "environment.limits: max_turns: Input should be greater",
+    ),
     ("train --config {d}/train-env.yaml", "no environment 'acme/Nope-v0' is registered"),
     ("train --config {d}/train-model.yaml", "empty-dir has no config.json"),
     ("train --config {d}/train-epochs.yaml", "epochs: Input should be a valid integer"),

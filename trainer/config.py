@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from envs.errors import yaml_problem
+from rollout.policy import DEFAULT_DEVICE, DEFAULT_REQUEST_TIMEOUT_S
 from trainer.errors import ConfigError
 
 LossType = Literal["grpo", "dr_grpo", "dapo"]
@@ -43,22 +44,44 @@ class EnvironmentSettings(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to gymnasium.make
     tools_url: str | None = None  # else from kwargs; token from TOOL_BEARER
     transport: Literal["http", "mcp"] | None = None
+    # Overrides of the episode's limits (envs.episode.Limits: max_tool_calls, max_turns,
+    # max_tokens), merged key by key over the ones the environment was registered with; empty:
+    # training plays exactly the registered episode, as `toolgym eval` does.
+    limits: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("kwargs")
     @classmethod
     def _settings_work(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
-        # The environment reads its grader and limits only when the first episode is made,
-        # after the model has loaded; check them with the rest of the file instead.
-        from envs.episode import parse_limits
+        # The environment reads its grader only when the first episode is made, after the
+        # model has loaded; check it with the rest of the file instead.
         from envs.errors import EnvConfigError
         from envs.grading import check_grader
 
+        if "limits" in kwargs:
+            # gymnasium.make would replace the registered limits wholesale; one place only.
+            raise ValueError(
+                "limits: set them in environment.limits, merged key by key over the "
+                "registered environment's limits"
+            )
         try:
             check_grader(kwargs.get("grader"))
-            parse_limits(kwargs.get("limits"))
         except EnvConfigError as exc:
             raise ValueError(str(exc)) from None
         return kwargs
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limits_known(cls, limits: Any) -> Any:
+        # parse_limits names a misspelt key with the accepted ones; a budget silently ignored
+        # would train a different episode than the one asked for.
+        from envs.episode import parse_limits
+        from envs.errors import EnvConfigError
+
+        try:
+            parse_limits(limits)
+        except EnvConfigError as exc:
+            raise ValueError(str(exc).removeprefix("limits: ")) from None
+        return limits
 
 
 class PolicySettings(BaseModel):
@@ -67,12 +90,12 @@ class PolicySettings(BaseModel):
     backend: Literal["local", "vllm"] = "local"
     base_urls: list[str] = Field(default_factory=list)  # vllm: the OpenAI-compatible servers
     adapter_dir_on_server: Path | None = None  # vllm: where the server reads adapters (shared fs)
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE  # local: torch device ("cuda" for a GPU)
     temperature: float = Field(default=1.0, gt=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens_per_turn: int = Field(default=256, ge=1)
     concurrency: int = Field(default=32, ge=1)
-    request_timeout_s: float = Field(default=300.0, gt=0)
+    request_timeout_s: float = Field(default=DEFAULT_REQUEST_TIMEOUT_S, gt=0)
     episode_timeout_s: float = Field(default=900.0, gt=0)
 
 
@@ -98,8 +121,10 @@ class TrainConfig(BaseModel):
     clip_eps: float = Field(default=0.2, gt=0)
     kl_coef: float = Field(default=0.0, ge=0)
     scale_rewards: bool = False  # divide advantages by the group's std
-    max_trajectory_tokens: int = Field(default=4096, ge=16)
-    max_tool_calls: int = Field(default=12, ge=1)
+    # The trainer's sequence length, in the policy's real tokens: each trajectory segment is
+    # truncated to it before the update, and dr_grpo divides by it (its constant "generation
+    # budget": no sequence can carry more tokens). Episode limits are environment.limits.
+    max_sequence_tokens: int = Field(default=4096, ge=16)
     micro_batch_size: int = Field(default=4, ge=1)  # sequences per forward pass
     eval_every: int = Field(default=5, ge=1)
     eval_rows: int | None = Field(default=None, ge=1)
@@ -159,13 +184,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# Top-level keys that used to exist, and where their meaning went: one meaning per key.
+MOVED_KEYS = {
+    "max_tool_calls": "moved to environment.limits.max_tool_calls (an override of the "
+    "registered environment's limit)",
+    "max_trajectory_tokens": "moved: the trainer's truncation is max_sequence_tokens, the "
+    "episode's token budget is environment.limits.max_tokens",
+}
+
+
 def _explain(exc: ValidationError, source: str) -> ConfigError:
     """Every problem, each with its key, in one line (the CLI prints errors as one line)."""
     problems = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(p) for p in error["loc"]) or "(file)"
         message = error["msg"]
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            message = MOVED_KEYS[key]
+        elif error["type"] == "extra_forbidden":
             message = "unknown key: check its spelling against configs/*.yaml"
         elif error["type"] == "missing":
             message = "required: add it to the file or pass --set " + key + "=..."

@@ -29,7 +29,7 @@ from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, TrainingStopped
 from trainer.metrics import MetricsLog
-from trainer.publish import Publisher, save_adapter, version_name
+from trainer.publish import save_adapter, version_name
 from trainer.update import grpo_update
 
 
@@ -84,7 +84,6 @@ class Run:
     optimizer: Any
     scheduler: Any
     policy: Policy
-    publisher: Publisher
     pool: EnvPool
     train_rows: list[Any]
     val_rows: list[Any]
@@ -135,7 +134,7 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     summary = await run.rollouts(rows, config.group_size, out, f"step{step}/", version)
     groups = read_groups(out)
     sequences, stats = build_sequences(
-        groups, scale_rewards=config.scale_rewards, max_tokens=config.max_trajectory_tokens
+        groups, scale_rewards=config.scale_rewards, max_tokens=config.max_sequence_tokens
     )
     pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
     update_started = time.perf_counter()
@@ -155,7 +154,7 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     update_s = time.perf_counter() - update_started
     new_version = version_name(step)
     path = save_adapter(run.model, config.output_dir / "adapters", new_version)
-    await run.publisher.publish(path, new_version)
+    await run.policy.publish_adapter(path, new_version)
     row: dict[str, Any] = {
         "step": step,
         "version": new_version,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import gymnasium as gym
+
+from envs.episode import Limits, parse_limits
 from rollout.environments import EnvPool
 from rollout.policy import Policy
+from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError
 from trainer.loop import (
@@ -17,7 +22,7 @@ from trainer.loop import (
     train_loop,
 )
 from trainer.metrics import MetricsLog
-from trainer.publish import Publisher, save_adapter, version_name
+from trainer.publish import save_adapter, version_name
 
 
 @dataclass
@@ -28,27 +33,41 @@ class TrainResult:
     curves: Path
 
 
-def make_policy(config: TrainConfig) -> tuple[Policy, Publisher]:
+def make_policy(config: TrainConfig) -> Policy:
+    """The rollout policy for `config.policy`, built by the same factory as every CLI verb."""
     settings = config.policy
+    spec: PolicySpec
     if settings.backend == "local":
-        from rollout.local_policy import LocalPolicy
+        spec = LocalSpec(Path(config.base_model), device=settings.device)
+    else:
+        spec = ServerSpec(
+            config.base_model,
+            tuple(settings.base_urls),
+            settings.request_timeout_s,
+            settings.adapter_dir_on_server,
+        )
+    return open_policy(spec)
 
-        policy = LocalPolicy.from_pretrained(Path(config.base_model), device=settings.device)
-        return policy, Publisher(policy)
-    from rollout.openai_policy import OpenAIPolicy
-    from rollout.vllm import AdapterClient
 
-    remote = OpenAIPolicy(
-        settings.base_urls, config.base_model, timeout_s=settings.request_timeout_s
-    )
-    client = AdapterClient(settings.base_urls[0])
-    return remote, Publisher(remote, client, settings.adapter_dir_on_server)
+def episode_limits(env_id: str, overrides: Mapping[str, int]) -> Limits | None:
+    """The registered environment's limits with the train config's overrides, key by key.
+
+    gymnasium.make replaces a registered kwarg wholesale, so passing only the overrides would
+    reset every other limit to its default. None when nothing is overridden: the environment
+    is then made with its registered kwargs untouched, exactly as `toolgym eval` makes it.
+    """
+    if not overrides:
+        return None
+    registered = parse_limits(gym.spec(env_id).kwargs.get("limits")) or Limits()
+    return parse_limits({**registered.model_dump(), **overrides})
 
 
 def make_pool(config: TrainConfig, dataset: Path | None) -> EnvPool:
     env = config.environment
-    limits = {"max_tool_calls": config.max_tool_calls, "max_tokens": config.max_trajectory_tokens}
-    extra = {"limits": limits, **env.kwargs}
+    extra = dict(env.kwargs)
+    # An unknown id is left for EnvPool, whose error lists the registered ones.
+    if env.limits and env.id in gym.registry:
+        extra["limits"] = episode_limits(env.id, env.limits)
     return EnvPool(
         env.id, dataset=dataset, tools_url=env.tools_url, transport=env.transport, extra=extra
     )
@@ -68,14 +87,14 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     if tensors is not None:
         optimizer.load_state_dict(tensors["optimizer"])
         scheduler.load_state_dict(tensors["scheduler"])
-    policy, publisher = make_policy(config)
+    policy = make_policy(config)
     version = state.version if state else version_name(0)
     path = adapters / version if state else save_adapter(model, adapters, version)
-    await publisher.publish(path, version)
+    await policy.publish_adapter(path, version)
     # Without a KL penalty no reference pass runs, so kl_to_ref is never measured: no column.
     unmeasured = () if config.kl_coef > 0 else ("kl_to_ref",)
     metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured)
-    run = Run(config, model, tokenizer, optimizer, scheduler, policy, publisher, pool,
+    run = Run(config, model, tokenizer, optimizer, scheduler, policy, pool,
               pool.rows, val_rows, metrics, val_pool)  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)

@@ -85,7 +85,7 @@ def grpo_update(
             clip_eps=config.clip_eps,
             kl_coef=config.kl_coef,
             loss_type=config.loss_type,
-            max_tokens=config.max_trajectory_tokens,
+            max_tokens=config.max_sequence_tokens,
         )
         (loss * share).backward()
         mask = batch.mask.float()  # (b, s-1)

@@ -70,7 +70,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def config(tiny_model: Path, dataset: Path, out: Path, **changes: Any) -> TrainConfig:
     base = {
         "base_model": str(tiny_model),
-        "environment": {"id": ENV_ID, "kwargs": {"limits": {"max_turns": 1}}},
+        "environment": {"id": ENV_ID, "limits": {"max_turns": 1}},
         "train_dataset": str(dataset),
         "policy": {"backend": "local", "max_tokens_per_turn": 6, "concurrency": 32},
         "lora": {"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj", "o_proj",
