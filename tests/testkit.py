@@ -24,6 +24,10 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 TOKENS = ("token-current-0123456789", "token-previous-abcdefghij")
@@ -207,6 +211,51 @@ def start_server(app: ASGIApp, graceful_shutdown_s: int | None = 1) -> LiveServe
         timeout_s=30,
     )
     return LiveServer(url=f"http://127.0.0.1:{port}", server=server, thread=thread)
+
+
+def text_tool_spec(name: str, description: str) -> dict[str, Any]:
+    """An OpenAI-style function spec taking one string argument, `text`."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {"text": {"type": "string"}},
+                "required": ["text"],
+            },
+        },
+    }
+
+
+def tool_contract_app(
+    specs: list[dict[str, Any]], answer: Callable[[str, dict[str, Any]], JSONResponse]
+) -> Starlette:
+    """A third party's server on the tool HTTP contract: GET /tools lists `specs`; POST /<name>
+    answers with `answer(name, body)`, or 404 for a tool not listed."""
+    listed = {spec["function"]["name"] for spec in specs}
+
+    async def tools(request: Request) -> JSONResponse:
+        return JSONResponse(specs)
+
+    async def call(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if name not in listed:
+            return JSONResponse({"detail": "unknown tool"}, status_code=404)
+        return answer(name, await request.json())
+
+    return Starlette(
+        routes=[Route("/tools", tools, methods=["GET"]), Route("/{name}", call, methods=["POST"])]
+    )
+
+
+def mcp_streamable_app(server: Any) -> Starlette:
+    """An MCPServer over streamable HTTP at /mcp, stateless, as a third party would serve it."""
+    app: Starlette = server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1"
+    )
+    return app
 
 
 def answers_health(base_url: str, timeout_s: float = 5) -> bool:

@@ -20,12 +20,18 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 import envs
-from testkit import LiveServer, start_server
+from testkit import (
+    LiveServer,
+    mcp_streamable_app,
+    start_server,
+    text_tool_spec,
+    tool_contract_app,
+)
+
+pytestmark = pytest.mark.usefixtures("forget_new_envs")
 
 NONE_FOUND = "Error: none found"  # a normal answer: the lookup found nothing
 REFUSAL = "nothing by that name here"  # a real error, worded without the prefix
@@ -40,36 +46,10 @@ HTTP_ANSWERS: dict[str, tuple[dict[str, Any], bool]] = {
 }
 
 
-def spec(name: str) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": "Look a name up.",
-            "parameters": {
-                "type": "object",
-                "properties": {"text": {"type": "string"}},
-                "required": ["text"],
-            },
-        },
-    }
-
-
 def http_tools_app() -> Starlette:
     """The tool HTTP contract with a fixed answer per tool, `is_error` given or not."""
-
-    async def tools(request: Request) -> JSONResponse:
-        return JSONResponse([spec(name) for name in HTTP_ANSWERS])
-
-    async def call(request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        if name not in HTTP_ANSWERS:
-            return JSONResponse({"detail": "unknown tool"}, status_code=404)
-        return JSONResponse(HTTP_ANSWERS[name][0])
-
-    return Starlette(
-        routes=[Route("/tools", tools, methods=["GET"]), Route("/{name}", call, methods=["POST"])]
-    )
+    specs = [text_tool_spec(name, "Look a name up.") for name in HTTP_ANSWERS]
+    return tool_contract_app(specs, lambda name, body: JSONResponse(HTTP_ANSWERS[name][0]))
 
 
 def mcp_tools_app() -> Starlette:
@@ -92,9 +72,7 @@ def mcp_tools_app() -> Starlette:
         # The SDK turns this into an is_error result reading "Error executing tool fail: ...".
         raise ToolError(REFUSAL)
 
-    return server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1"
-    )
+    return mcp_streamable_app(server)
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +86,6 @@ def servers() -> Iterator[dict[str, LiveServer]]:
 @pytest.fixture(autouse=True)
 def acme_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACME_TOKEN", "acme-current")
-
-
-@pytest.fixture(autouse=True)
-def forget_new_envs() -> Iterator[None]:
-    """Unregister the ids a test registered: the registry is global to the session."""
-    before = set(gym.registry)
-    yield
-    for env_id in set(gym.registry) - before:
-        del gym.registry[env_id]
 
 
 def register(folder: Path, env_id: str, url: str, transport: str) -> str:

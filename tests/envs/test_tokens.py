@@ -19,30 +19,25 @@ import gymnasium as gym
 import pytest
 from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import envs
 from envs.errors import EnvConfigError
 from envs.registry import NoTokenWarning
-from testkit import LiveServer, start_server
+from testkit import (
+    LiveServer,
+    mcp_streamable_app,
+    start_server,
+    text_tool_spec,
+    tool_contract_app,
+)
+
+pytestmark = pytest.mark.usefixtures("forget_new_envs")
 
 OWN_TOKEN = "toolgym-own-secret"  # TOOL_BEARER: must reach toolgym's servers only
 ACME_TOKENS = "acme-current, acme-next"  # a third party's variable, rotation-style
-ECHO_SPEC = {
-    "type": "function",
-    "function": {
-        "name": "echo",
-        "description": "Repeat the text.",
-        "parameters": {
-            "type": "object",
-            "properties": {"text": {"type": "string"}},
-            "required": ["text"],
-        },
-    },
-}
+ECHO_SPEC = text_tool_spec("echo", "Repeat the text.")
 
 
 class HeaderLog:
@@ -61,19 +56,10 @@ class HeaderLog:
 
 
 def http_tools_app() -> Starlette:
-    """The tool HTTP contract, minimally: GET /tools and POST /<name> -> {"output": ...}."""
-
-    async def tools(request: Request) -> JSONResponse:
-        return JSONResponse([ECHO_SPEC])
-
-    async def call(request: Request) -> JSONResponse:
-        if request.path_params["name"] != "echo":
-            return JSONResponse({"detail": "unknown tool"}, status_code=404)
-        body = await request.json()
-        return JSONResponse({"output": f"echo: {body['arguments']['text']}"})
-
-    return Starlette(
-        routes=[Route("/tools", tools, methods=["GET"]), Route("/{name}", call, methods=["POST"])]
+    """The tool HTTP contract, minimally: GET /tools and POST /echo -> {"output": ...}."""
+    return tool_contract_app(
+        [ECHO_SPEC],
+        lambda name, body: JSONResponse({"output": f"echo: {body['arguments']['text']}"}),
     )
 
 
@@ -85,9 +71,7 @@ def mcp_tools_app() -> Starlette:
         """Repeat the text."""
         return f"echo: {text}"
 
-    return server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1"
-    )
+    return mcp_streamable_app(server)
 
 
 @dataclass
@@ -128,15 +112,6 @@ def server(transport: str, recorders: dict[str, Recorder]) -> Recorder:
 @pytest.fixture(autouse=True)
 def own_token_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOOL_BEARER", f"{OWN_TOKEN},{OWN_TOKEN}-next")
-
-
-@pytest.fixture(autouse=True)
-def forget_new_envs() -> Iterator[None]:
-    """Unregister the ids a test registered: the registry is global to the session."""
-    before = set(gym.registry)
-    yield
-    for env_id in set(gym.registry) - before:
-        del gym.registry[env_id]
 
 
 @pytest.fixture
