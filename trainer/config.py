@@ -118,7 +118,10 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    clip_eps: float = Field(default=0.2, gt=0)
+    # Optimizer steps per rollout batch. The ratio's denominator is the behaviour policy (the
+    # logprobs the backend reported), so from the second pass on clip_eps bounds the move.
+    updates_per_batch: int = Field(default=1, ge=1)
+    clip_eps: float = Field(default=0.2, gt=0)  # the ratio new/behaviour is kept in 1 +- clip_eps
     kl_coef: float = Field(default=0.0, ge=0)
     scale_rewards: bool = False  # divide advantages by the group's std
     # The trainer's sequence length, in the policy's real tokens: each trajectory segment is

@@ -35,6 +35,8 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate with an optional KL penalty to the reference.
 
+    The ratio is exp(logprobs - old_logprobs), where old_logprobs are the behaviour policy's:
+    the logprobs the sampling backend reported for these tokens.
     logprobs, old_logprobs, ref_logprobs, mask: (batch, seq); advantages: (batch,).
     grpo: mean over each sequence's tokens, then over sequences. dr_grpo: sum over tokens
     divided by a constant (`max_tokens`), so long answers are not favoured. dapo: mean over

@@ -1,9 +1,13 @@
-"""One GRPO update of the LoRA weights over a list of training sequences.
+"""GRPO's update of the LoRA weights over one step's training sequences.
 
-The batch is split into micro-batches whose gradients accumulate; one optimizer step follows.
-With one update per rollout batch the sampling policy is the current one, so the ratio's
-"old" logprobs are the current ones detached (exactly on-policy, as TRL does without vLLM).
-The reference for the KL term is the same model with its adapter disabled: no second copy.
+The importance ratio is new policy over behaviour policy: the "old" logprobs are the ones the
+inference backend reported for the tokens it sampled (vLLM's processed_logprobs, the local
+policy's equivalent), so the ratio means the same thing on every pass. `updates_per_batch`
+passes each accumulate the gradient over micro-batches and take one optimizer step; from the
+second pass on the policy has moved away from the one that sampled, the ratio leaves 1 and
+`clip_eps` bounds how far one batch can push it. With one pass the ratio is 1 up to the
+trainer/backend numerical gap (reported as `logprob_mismatch`). The reference for the KL term
+is the same model with its adapter disabled: no second copy.
 """
 
 from __future__ import annotations
@@ -22,13 +26,25 @@ from trainer.loss import policy_loss, token_entropy, token_logprobs
 
 @dataclass
 class UpdateResult:
-    loss: float
+    loss: float  # the first pass's: the loss on the batch as sampled
     kl_to_ref: float | None  # None when not measured (kl_coef 0: no reference forward pass)
-    grad_norm: float
-    entropy: float
-    clip_fraction: float
-    logprob_mismatch: float  # mean |trainer - backend| logprob on generated tokens
-    tokens: int
+    grad_norm: float  # the first pass's, before clipping
+    entropy: float  # the first pass's
+    clip_fraction: float  # share of generated tokens clipped, mean over the passes
+    logprob_mismatch: float  # mean |trainer - backend| logprob before any pass moved the policy
+    tokens: int  # tokens forwarded, all passes together
+    passes: int  # optimizer steps taken (fewer than asked if a pass went non-finite)
+
+
+@dataclass
+class PassFigures:
+    loss: float = 0.0
+    kl_to_ref: float | None = None
+    grad_norm: float = 0.0
+    entropy: float = 0.0
+    clip_fraction: float = 0.0
+    logprob_gap: float = 0.0
+    tokens: int = 0
 
 
 def forward_logprobs(
@@ -51,6 +67,83 @@ def chunk_weight(loss_type: str, size: int, total: int, batch: Batch, generated:
     return size / max(total, 1)
 
 
+def micro_batches(
+    sequences: list[TrainSequence], config: TrainConfig, pad_id: int
+) -> list[tuple[Batch, float]]:
+    """The step's micro-batches, each with its share of the loss; collated once for all passes."""
+    generated = sum(sum(s.mask) for s in sequences)
+    size = config.micro_batch_size
+    batches = []
+    for start in range(0, len(sequences), size):
+        chunk = sequences[start : start + size]
+        batch = collate(chunk, pad_id, config.policy.device)
+        share = chunk_weight(config.loss_type, len(chunk), len(sequences), batch, generated)
+        batches.append((batch, share))
+    return batches
+
+
+def accumulate(model: Any, batch: Batch, share: float, config: TrainConfig) -> PassFigures:
+    """Forward and backward one micro-batch; its figures, already weighted by `share`."""
+    temperature = config.policy.temperature
+    logprobs, entropy = forward_logprobs(model, batch, temperature)  # (b, s-1) each
+    ref = None
+    if config.kl_coef > 0:
+        base = getattr(model, "disable_adapter", nullcontext)
+        with torch.no_grad(), base():
+            ref, _ = forward_logprobs(model, batch, temperature)  # (b, s-1)
+    loss, metrics = policy_loss(
+        logprobs,
+        batch.behaviour,
+        batch.advantages,
+        batch.mask,
+        ref_logprobs=ref,
+        clip_eps=config.clip_eps,
+        kl_coef=config.kl_coef,
+        loss_type=config.loss_type,
+        max_tokens=config.max_sequence_tokens,
+    )
+    (loss * share).backward()
+    mask = batch.mask.float()  # (b, s-1)
+    n = float(mask.sum().clamp(min=1.0))
+    gap = ((logprobs.detach() - batch.behaviour).abs() * mask).sum()  # ()
+    return PassFigures(
+        loss=metrics["loss"] * share,
+        kl_to_ref=metrics["kl_to_ref"] * share if "kl_to_ref" in metrics else None,
+        entropy=float((entropy * mask).sum()) / n * share,
+        clip_fraction=metrics["clip_fraction"] * share,
+        logprob_gap=float(gap) / n * share,
+        tokens=batch.tokens,
+    )
+
+
+def one_pass(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[Batch, float]],
+    config: TrainConfig,
+) -> tuple[PassFigures, bool]:
+    """Accumulate over every micro-batch, then one optimizer step if the figures are finite.
+    -> (figures, whether the step was taken)."""
+    optimizer.zero_grad(set_to_none=True)
+    total = PassFigures()
+    for batch, share in batches:
+        part = accumulate(model, batch, share, config)
+        total.loss += part.loss
+        total.entropy += part.entropy
+        total.clip_fraction += part.clip_fraction
+        total.logprob_gap += part.logprob_gap
+        total.tokens += part.tokens
+        if part.kl_to_ref is not None:
+            total.kl_to_ref = (total.kl_to_ref or 0.0) + part.kl_to_ref
+    params = [p for p in model.parameters() if p.requires_grad]
+    total.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+    stepped = math.isfinite(total.loss) and math.isfinite(total.grad_norm)
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, stepped
+
+
 def grpo_update(
     model: Any,
     optimizer: torch.optim.Optimizer,
@@ -59,57 +152,28 @@ def grpo_update(
     config: TrainConfig,
     pad_id: int,
 ) -> UpdateResult:
+    """`config.updates_per_batch` optimizer steps over `sequences`; the scheduler moves once
+    per call (its warm-up counts training steps, not passes)."""
     model.train()
-    optimizer.zero_grad(set_to_none=True)
-    generated = sum(sum(s.mask) for s in sequences)
-    totals = {"loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "gap": 0.0}
-    kl_to_ref: float | None = None  # stays None unless a micro-batch measured it
-    tokens = 0
-    size = config.micro_batch_size
-    for start in range(0, len(sequences), size):
-        chunk = sequences[start : start + size]
-        batch = collate(chunk, pad_id, config.policy.device)
-        share = chunk_weight(config.loss_type, len(chunk), len(sequences), batch, generated)
-        logprobs, entropy = forward_logprobs(model, batch, config.policy.temperature)
-        ref = None
-        if config.kl_coef > 0:
-            base = getattr(model, "disable_adapter", nullcontext)
-            with torch.no_grad(), base():
-                ref, _ = forward_logprobs(model, batch, config.policy.temperature)
-        loss, metrics = policy_loss(
-            logprobs,
-            logprobs.detach(),
-            batch.advantages,
-            batch.mask,
-            ref_logprobs=ref,
-            clip_eps=config.clip_eps,
-            kl_coef=config.kl_coef,
-            loss_type=config.loss_type,
-            max_tokens=config.max_sequence_tokens,
-        )
-        (loss * share).backward()
-        mask = batch.mask.float()  # (b, s-1)
-        n = float(mask.sum().clamp(min=1.0))
-        totals["loss"] += metrics["loss"] * share
-        if "kl_to_ref" in metrics:
-            kl_to_ref = (kl_to_ref or 0.0) + metrics["kl_to_ref"] * share
-        totals["clip_fraction"] += metrics["clip_fraction"] * share
-        totals["entropy"] += float((entropy * mask).sum()) / n * share
-        gap = ((logprobs.detach() - batch.behaviour).abs() * mask).sum()  # ()
-        totals["gap"] += float(gap) / n * share
-        tokens += batch.tokens
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-    if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
-        optimizer.step()
+    batches = micro_batches(sequences, config, pad_id)
+    passes: list[PassFigures] = []
+    for _ in range(config.updates_per_batch):
+        figures, stepped = one_pass(model, optimizer, batches, config)
+        passes.append(figures)
+        if not stepped:  # a non-finite loss or gradient: the caller stops the run on it
+            break
+    taken = len(passes) - (0 if stepped else 1)
+    if taken:
         scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    first = passes[0]
     return UpdateResult(
-        loss=totals["loss"],
-        kl_to_ref=kl_to_ref,
-        grad_norm=grad_norm,
-        entropy=totals["entropy"],
-        clip_fraction=totals["clip_fraction"],
-        logprob_mismatch=totals["gap"],
-        tokens=tokens,
+        # a pass that went non-finite reports its loss, so that train_step stops the run
+        loss=first.loss if stepped else passes[-1].loss,
+        kl_to_ref=first.kl_to_ref,
+        grad_norm=first.grad_norm,
+        entropy=first.entropy,
+        clip_fraction=sum(p.clip_fraction for p in passes) / len(passes),
+        logprob_mismatch=first.logprob_gap,
+        tokens=sum(p.tokens for p in passes),
+        passes=taken,
     )
