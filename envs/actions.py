@@ -1,9 +1,9 @@
 """Turn one assistant action into content and tool calls, whatever shape it arrives in.
 
 Accepted: an OpenAI chat message dict (`content`, `tool_calls` with JSON-string arguments), a
-JSON string of such a message, or plain text with Hermes/Qwen-style markup
-`<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. Anything malformed becomes a call
-or a message with an `error`, which the episode shows to the model; parsing never raises.
+JSON string of such a message, or plain text with the hermes tool-call markup (envs.markup
+renders and parses it). Anything malformed becomes a call or a message with an `error`, which
+the episode shows to the model; parsing never raises.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+from envs.markup import MarkupCall, parse_call, parse_tool_calls
+
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.DOTALL)
 
 
@@ -47,29 +48,13 @@ class ParsedAction:
         return message
 
 
-def _arguments(raw: Any) -> tuple[dict[str, Any] | None, str, str | None]:
-    """(parsed arguments, their JSON text, error)."""
-    if isinstance(raw, dict):
-        return raw, json.dumps(raw, ensure_ascii=False), None
-    if raw is None or raw == "":
-        return {}, "{}", None
-    if not isinstance(raw, str):
-        return None, str(raw), "arguments must be a JSON object"
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return None, raw, f"arguments are not valid JSON ({exc.msg} at position {exc.pos})"
-    if not isinstance(value, dict):
-        return None, raw, "arguments must be a JSON object"
-    return value, raw, None
+def _tool_call(ident: str, call: MarkupCall) -> ToolCall:
+    return ToolCall(ident, call.name, call.arguments, call.raw_arguments, call.error)
 
 
 def _call(index: int, turn: int, name: Any, raw_args: Any, call_id: Any = None) -> ToolCall:
     ident = call_id if isinstance(call_id, str) and call_id else f"call_{turn}_{index}"
-    arguments, raw, error = _arguments(raw_args)
-    if not isinstance(name, str) or not name:
-        return ToolCall(ident, str(name or ""), None, raw, "the tool call has no function name")
-    return ToolCall(ident, name, arguments, raw, error)
+    return _tool_call(ident, parse_call(name, raw_args))
 
 
 def _from_message(message: dict[str, Any], turn: int) -> ParsedAction:
@@ -95,28 +80,9 @@ def _from_message(message: dict[str, Any], turn: int) -> ParsedAction:
 
 
 def _from_text(text: str, turn: int) -> ParsedAction:
-    calls: list[ToolCall] = []
-    for index, match in enumerate(_TOOL_CALL.finditer(text)):
-        body = match.group(1).strip()
-        try:
-            payload = json.loads(body)
-        except json.JSONDecodeError as exc:
-            calls.append(
-                ToolCall(
-                    f"call_{turn}_{index}",
-                    "",
-                    None,
-                    body,
-                    f"tool call markup is not valid JSON ({exc.msg})",
-                )
-            )
-            continue
-        if not isinstance(payload, dict):
-            calls.append(ToolCall(f"call_{turn}_{index}", "", None, body, "malformed tool call"))
-            continue
-        calls.append(_call(index, turn, payload.get("name"), payload.get("arguments")))
-    content = _TOOL_CALL.sub("", text).strip() if calls else text
-    return ParsedAction(content, calls)
+    parsed = parse_tool_calls(text)
+    calls = [_tool_call(f"call_{turn}_{i}", call) for i, call in enumerate(parsed.calls)]
+    return ParsedAction(parsed.content, calls)
 
 
 def parse_action(action: Any, turn: int = 0) -> ParsedAction:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from envs.markup import render_tool_call
+
 ROLES = ("system", "user", "assistant", "tool")
 _WORDS = ("revenue", "margin", "Henderson", "2025", "Q3", "net income", "{", "\x00", "", "'")
 
@@ -77,8 +79,7 @@ class AssistantActions(_ObjectSpace):
                 "tool_calls": [{"function": {"name": "read", "arguments": "{broken"}}],
             }
         if kind == 3:
-            payload = json.dumps({"name": "search", "arguments": {"query": _text(rng)}})
-            return f"<tool_call>{payload}</tool_call>"
+            return render_tool_call("search", {"query": _text(rng)})
         if kind == 4:
             return ""
         return _text(rng)

@@ -14,14 +14,20 @@ import json
 import re
 from typing import Any
 
+from envs.markup import (
+    MARKUP_TOKENS,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    call_markup,
+    render_tool_calls,
+    render_tool_responses,
+)
+
 SPECIAL_TOKENS = (
     "<|im_start|>",
     "<|im_end|>",
     "<|endoftext|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<tool_response>",
-    "</tool_response>",
+    *MARKUP_TOKENS,
     "<think>",
     "</think>",
 )
@@ -30,7 +36,6 @@ IM_END = SPECIAL_IDS["<|im_end|>"]
 GENERATION_PROMPT = "<|im_start|>assistant\n"
 DEFAULT_SYSTEM = "You are a helpful assistant."
 _SPECIAL = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
-TOOL_MARKUP = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)
 ROLES = {"system", "user", "assistant", "tool"}
 
 
@@ -91,30 +96,24 @@ def message_text(content: Any) -> str:
     return str(content)
 
 
-def tool_call_markup(name: str, arguments: Any) -> str:
-    """One call the way Qwen's template renders it, and so the way the toy model emits it."""
-    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-    return f"<tool_call>\n{payload}\n</tool_call>"
-
-
-def _parsed_arguments(raw: Any) -> Any:
-    if raw is None or not isinstance(raw, str):
-        return raw or {}
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+def _arguments_json(raw: Any) -> str:
+    """vLLM decodes JSON-string arguments before templating (and re-serialises them); a string
+    that does not decode stays a string."""
+    value = raw or {}
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+    return json.dumps(value, ensure_ascii=False)
 
 
 def assistant_text(content: Any, tool_calls: list[dict[str, Any]] | None) -> str:
-    text = message_text(content)
-    for call in tool_calls or []:
-        function = call.get("function") or {}
-        markup = tool_call_markup(
-            function.get("name", ""), _parsed_arguments(function.get("arguments"))
-        )
-        text = f"{text}\n{markup}" if text else markup
-    return text
+    calls = [call.get("function") or {} for call in tool_calls or []]
+    return render_tool_calls(
+        ((f.get("name", ""), _arguments_json(f.get("arguments"))) for f in calls),
+        message_text(content),
+    )
 
 
 def _turn(role: str, text: str) -> str:
@@ -127,8 +126,8 @@ def _tools_block(tools: list[dict[str, Any]]) -> str:
         "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
         "You are provided with function signatures within <tools></tools> XML tags:\n"
         f"<tools>\n{listed}\n</tools>\n\nFor each function call, return a json object with "
-        "function name and arguments within <tool_call></tool_call> XML tags:\n"
-        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        f"function name and arguments within {TOOL_CALL_OPEN}{TOOL_CALL_CLOSE} XML tags:\n"
+        + call_markup("<function-name>", "<args-json-object>")
     )
 
 
@@ -164,9 +163,9 @@ def render_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | N
     for index, message in enumerate(rest):
         role, content = message["role"], message.get("content")
         if role == "tool":
-            results.append(f"<tool_response>\n{message_text(content)}\n</tool_response>")
+            results.append(message_text(content))
             if index + 1 == len(rest) or rest[index + 1]["role"] != "tool":
-                out.append(_turn("user", "\n".join(results)))
+                out.append(_turn("user", render_tool_responses(results)))
                 results = []
         elif role == "assistant":
             out.append(_turn(role, assistant_text(content, message.get("tool_calls"))))

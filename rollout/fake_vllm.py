@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import threading
@@ -32,11 +31,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from envs.markup import parse_tool_calls, render_tool_call
 from rollout.fake_chat import (
     IM_END,
     ROLES,
     SPECIAL_IDS,
-    TOOL_MARKUP,
     decode,
     encode,
     encode_prompt,
@@ -44,7 +43,6 @@ from rollout.fake_chat import (
     render_prompt,
     token_bytes,
     token_text,
-    tool_call_markup,
     toy_logprob,
 )
 
@@ -92,21 +90,20 @@ class UnloadLoraRequest(BaseModel):
 
 def parse_hermes(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """Like vLLM's hermes parser: content is the text before the markup, calls in OpenAI shape;
-    any unparsable call leaves the whole text as content with no calls."""
-    if "<tool_call>" not in text:
+    any unparsable call leaves the whole text as content with no calls. The calls are read by
+    the environments' own parser (envs.markup), so the two cannot disagree."""
+    parsed = parse_tool_calls(text)
+    if not parsed.calls or any(call.error for call in parsed.calls):
         return text, []
-    calls: list[dict[str, Any]] = []
-    try:
-        for match in TOOL_MARKUP.finditer(text):
-            payload = json.loads(match.group(1) if match.group(1) is not None else match.group(2))
-            arguments = json.dumps(payload.get("arguments", {}), ensure_ascii=False)
-            function = {"name": str(payload["name"]), "arguments": arguments}
-            ident = f"chatcmpl-tool-{uuid.uuid4().hex[:24]}"
-            calls.append({"id": ident, "type": "function", "function": function})
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return text, []
-    content = text[: text.index("<tool_call>")].strip()
-    return content or None, calls
+    calls = [
+        {
+            "id": f"chatcmpl-tool-{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.raw_arguments},
+        }
+        for call in parsed.calls
+    ]
+    return parsed.content_before or None, calls
 
 
 # ---- scripts: what the toy model says ----
@@ -136,9 +133,9 @@ def agent_script(request: ChatRequest) -> str:
     names = {str((t.get("function") or {}).get("name")) for t in request.tools or []}
     observation = _last_text(request, "tool")
     if turn == 0 and "search" in names:
-        return tool_call_markup("search", {"query": _last_text(request, "user")})
+        return render_tool_call("search", {"query": _last_text(request, "user")})
     if turn == 1 and "read" in names and (path := _PATH.search(observation)):
-        return tool_call_markup("read", {"path": path.group(0)})
+        return render_tool_call("read", {"path": path.group(0)})
     figure = _FIGURE.search(observation) if turn >= 1 else None
     return "Answer: " + (figure.group(0) if figure else "unknown")
 

@@ -26,12 +26,23 @@ from tokenizers import (
 )
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from envs.markup import (
+    CALL_ARGUMENTS,
+    CALL_END,
+    CALL_START,
+    MARKUP_TOKENS,
+    RESPONSE_END,
+    RESPONSE_START,
+    SEPARATOR,
+    call_markup,
+)
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
-# Not special: they must survive `decode(skip_special_tokens=True)` so tool calls can be parsed.
-MARKUP_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+# MARKUP_TOKENS are not special: they must survive `decode(skip_special_tokens=True)` so tool
+# calls can be parsed.
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -43,64 +54,80 @@ QWEN2_SPLIT = (
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
+
+def _say(text: str) -> str:
+    """A Jinja statement writing `text` (a string literal, escaped)."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return "{{- '" + escaped + "' }}"
+
+
 # Qwen2.5's template, except that tools are listed as signatures (short prompts for a tiny
 # model on a CPU) and `{% generation %}` marks what the assistant writes (TRL's assistant-only
 # loss). Tool-call arguments may be a dict (rendered with tojson) or a JSON string (rendered
-# verbatim: it is exactly what the model produced).
-CHAT_TEMPLATE = (
-    "{%- if tools %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
-    "{%- else %}{{- '" + DEFAULT_SYSTEM + "' }}{%- endif %}"
-    "{{- '\\n\\n# Tools\\n' }}"
-    "{%- for tool in tools %}"
-    "{%- set fn = tool.function if tool.function is defined else tool %}"
-    "{{- '\\n' + fn.name + '(' }}"
-    # A dataset (Arrow) gives every tool the union of all tools' parameters, unset ones None.
-    "{%- set params = fn.parameters if fn.parameters is defined and fn.parameters else {} %}"
-    "{%- set props = params.properties if params.properties is defined and params.properties"
-    " else {} %}"
-    "{%- for name, spec in props.items() if spec is not none %}"
-    "{{- (', ' if not loop.first else '') + name }}"
-    "{%- endfor %}"
-    "{{- ')' }}"
-    "{%- endfor %}"
-    "{{- '\\n\\nCall a tool with <tool_call>\\n' }}"
-    '{{- \'{"name": ..., "arguments": {...}}\\n</tool_call>\' }}'
-    "{{- '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' }}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}"
-    "{%- if message.content %}{{- message.content }}"
-    "{%- if message.tool_calls %}{{- '\\n' }}{%- endif %}{%- endif %}"
-    "{%- for tool_call in message.tool_calls or [] %}"
-    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
-    '{{- \'<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
-    "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
-    "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}"
-    "{{- '}\\n</tool_call>' }}"
-    "{%- endfor %}"
-    "{{- '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}"
-    "{{- '<|im_start|>user' }}{%- endif %}"
-    "{{- '\\n<tool_response>\\n' }}"
-    "{%- if message.content is string %}{{- message.content }}"
-    "{%- else %}{{- message.content | tojson }}{%- endif %}"
-    "{{- '\\n</tool_response>' }}"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}"
-    "{{- '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+# verbatim: it is exactly what the model produced). The tool markup's pieces come from
+# envs.markup, so a call renders exactly as `render_tool_call` writes it.
+CHAT_TEMPLATE = "".join(
+    [
+        "{%- if tools %}"
+        "{{- '<|im_start|>system\\n' }}"
+        "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+        "{%- else %}{{- '" + DEFAULT_SYSTEM + "' }}{%- endif %}"
+        "{{- '\\n\\n# Tools\\n' }}"
+        "{%- for tool in tools %}"
+        "{%- set fn = tool.function if tool.function is defined else tool %}"
+        "{{- '\\n' + fn.name + '(' }}"
+        # A dataset (Arrow) gives every tool the union of all tools' parameters, unset ones None.
+        "{%- set params = fn.parameters if fn.parameters is defined and fn.parameters else {} %}"
+        "{%- set props = params.properties if params.properties is defined and params.properties"
+        " else {} %}"
+        "{%- for name, spec in props.items() if spec is not none %}"
+        "{{- (', ' if not loop.first else '') + name }}"
+        "{%- endfor %}"
+        "{{- ')' }}"
+        "{%- endfor %}",
+        _say("\n\nCall a tool with " + call_markup("...", "{...}")),
+        "{{- '<|im_end|>\\n' }}"
+        "{%- else %}"
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+        "{{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' }}"
+        "{%- elif message.role == 'assistant' %}"
+        "{{- '<|im_start|>assistant\\n' }}{% generation %}"
+        "{%- if message.content %}{{- message.content }}"
+        "{%- if message.tool_calls %}",
+        _say(SEPARATOR),
+        "{%- endif %}{%- endif %}"
+        "{%- for tool_call in message.tool_calls or [] %}"
+        "{%- if tool_call.function is defined %}"
+        "{%- set tool_call = tool_call.function %}{%- endif %}"
+        "{%- if not loop.first %}",
+        _say(SEPARATOR),
+        "{%- endif %}",
+        _say(CALL_START),
+        "{{- tool_call.name | tojson }}",
+        _say(CALL_ARGUMENTS),
+        "{%- if tool_call.arguments is string %}{{- tool_call.arguments }}"
+        "{%- else %}{{- tool_call.arguments | tojson }}{%- endif %}",
+        _say(CALL_END),
+        "{%- endfor %}"
+        "{{- '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+        "{%- elif message.role == 'tool' %}"
+        "{%- if loop.index0 == 0 or messages[loop.index0 - 1].role != 'tool' %}"
+        "{{- '<|im_start|>user' }}{%- endif %}",
+        _say(SEPARATOR + RESPONSE_START),
+        "{%- if message.content is string %}{{- message.content }}"
+        "{%- else %}{{- message.content | tojson }}{%- endif %}",
+        _say(RESPONSE_END),
+        "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}"
+        "{{- '<|im_end|>\\n' }}{%- endif %}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    ]
 )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from envs.data.demonstrations import Demonstration, read_demonstrations, record_demonstrations
 from envs.data.rows import load_rows
+from envs.markup import render_tool_call
 from envs.tool_env import ToolEnv
 from trainer.errors import TrainerError
 
@@ -53,10 +54,7 @@ def demonstration_texts(demos: list[Demonstration]) -> Iterator[str]:
             yield str(message.get("content") or "")
             for call in message.get("tool_calls") or []:
                 function = call["function"]
-                yield (
-                    f'<tool_call>\n{{"name": "{function["name"]}", '
-                    f'"arguments": {function["arguments"]}}}\n</tool_call>'
-                )
+                yield render_tool_call(function["name"], function["arguments"])
         yield json.dumps(demo.tools)
 
 
