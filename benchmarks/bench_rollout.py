@@ -67,7 +67,6 @@ async def one_level(
     from rollout.environments import EnvPool
     from rollout.fake_vllm import DEFAULT_MODEL
     from rollout.openai_policy import OpenAIPolicy
-    from rollout.store import read_trajectories
 
     group_size = 8
     episodes = concurrency * rounds
@@ -82,9 +81,9 @@ async def one_level(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "t.jsonl"
         cpu0, wall0 = own_cpu_seconds(), time.perf_counter()
-        summary = await run_rollouts(chosen, pool.factory(), policy, settings, out)
+        result = await run_rollouts(chosen, pool.factory(), policy, settings, out)
         wall, cpu = time.perf_counter() - wall0, own_cpu_seconds() - cpu0
-        trajectories = read_trajectories(out).trajectories
+    summary, trajectories = result.summary, result.trajectories
     await policy.aclose()
     await pool.aclose()
     calls = sum(len(t.turns) for t in trajectories)

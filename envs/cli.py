@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from envs.errors import EnvConfigError
+from envs.errors import EnvConfigError, EnvError
+from envs.graders.errors import GraderError
+
+# What these verbs fail with on purpose; `toolgym` knows the union of every package's ERRORS.
+ERRORS: tuple[type[BaseException], ...] = (
+    EnvError,  # DatasetError and the YAML/registration errors among them
+    GraderError,  # `grade`'s failures; grader specs given outside an environment
+    OSError,  # a path that is missing or unwritable
+)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +101,7 @@ def cmd_data_import_tatqa(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from envs.graders import GraderError, grade_command
+    from envs.graders import grade_command
 
     text, code = grade_command(args.reference, args.answer, args.tolerance_rel)
     if code != 0:  # a bad tolerance or a reference without one figure: one line, exit 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -20,6 +20,10 @@ from envs.actions import ParsedAction, ToolCall, final_answer, parse_action
 from envs.client import ToolClient, ToolOutput
 from envs.errors import EnvConfigError, ToolInfraError
 from envs.graders import GradeResult
+from envs.record import CallRecord, EpisodeRecord
+
+if TYPE_CHECKING:
+    from envs.data.rows import Row
 
 DEFAULT_SYSTEM_PROMPT = (
     "You answer questions about company filings. Use the tools to find the document that states "
@@ -58,22 +62,12 @@ def parse_limits(value: Limits | Mapping[str, Any] | None) -> Limits | None:
 
 
 class EpisodeGrader(Protocol):
-    async def grade(self, row: Any, answer: str, tools_used: set[str]) -> GradeResult: ...
+    async def grade(self, row: Row, answer: str, tools_used: set[str]) -> GradeResult: ...
 
 
 def approximate_tokens(text: str) -> int:
     """About four characters a token: a budget guard, not an exact count."""
     return max(1, len(text) // 4)
-
-
-@dataclass
-class CallRecord:
-    id: str
-    name: str
-    arguments: dict[str, Any] | None
-    output: str
-    ok: bool  # the transport's error flag, inverted; never read off the text
-    latency_s: float
 
 
 def env_error(text: str) -> ToolOutput:
@@ -84,13 +78,15 @@ def env_error(text: str) -> ToolOutput:
 
 @dataclass
 class EpisodeState:
-    row: Any
+    row: Row
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)  # the specs offered
     turns: int = 0
     tokens: int = 0
     calls: list[CallRecord] = field(default_factory=list)
     documents_read: list[str] = field(default_factory=list)
     done: bool = False
+    answer: str | None = None
     grade: GradeResult | None = None
     infra_error: str | None = None
 
@@ -113,13 +109,14 @@ class Episode:
 
     def __init__(
         self,
-        row: Any,
+        row: Row,
         prompt: str,
         client: ToolClient,
         grader: EpisodeGrader,
         limits: Limits,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         count_tokens: Callable[[str], int] = approximate_tokens,
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         self.client, self.grader, self.limits = client, grader, limits
         self.count_tokens = count_tokens
@@ -127,7 +124,7 @@ class Episode:
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": prompt},
         ]
-        self.state = EpisodeState(row=row, messages=list(opening))
+        self.state = EpisodeState(row=row, messages=list(opening), tools=list(tools or []))
         self.state.tokens = sum(count_tokens(m["content"]) for m in opening)
 
     def opening(self) -> list[dict[str, Any]]:
@@ -198,7 +195,8 @@ class Episode:
             path = call.arguments["path"]
             if path not in self.state.documents_read:
                 self.state.documents_read.append(path)
-        return output, time.perf_counter() - started
+        # rounded to 0.1 ms: finer is noise, and sums of recorded latencies stay exact
+        return output, round(time.perf_counter() - started, 4)
 
     def _after_turn(self, observation: list[dict[str, Any]], over_budget: bool) -> StepOutcome:
         limits, state = self.limits, self.state
@@ -213,9 +211,9 @@ class Episode:
 
     async def _finish(self, answer: str) -> StepOutcome:
         state = self.state
-        state.done = True
+        state.done, state.answer = True, answer
         state.grade = await self.grader.grade(state.row, answer, state.tools_used)
-        return self._outcome([], state.grade.score, True, False, answer=answer)
+        return self._outcome([], state.grade.score, True, False)
 
     def _outcome(
         self,
@@ -223,29 +221,25 @@ class Episode:
         reward: float,
         terminated: bool,
         truncated: bool,
-        **extra: Any,
+        note: str | None = None,
     ) -> StepOutcome:
-        return StepOutcome(observation, reward, terminated, truncated, {**self.info(), **extra})
+        info = self.record.as_info()
+        if note:  # about this step, not the episode: not part of the record
+            info["note"] = note
+        return StepOutcome(observation, reward, terminated, truncated, info)
 
-    def info(self) -> dict[str, Any]:
+    @property
+    def record(self) -> EpisodeRecord:
+        """A frozen copy of the episode so far: later steps do not change it."""
         state = self.state
-        return {
-            "row_id": getattr(state.row, "id", None),
-            "turns": state.turns,
-            "tokens": state.tokens,
-            "tool_calls": [
-                {
-                    "id": c.id,
-                    "name": c.name,
-                    "arguments": c.arguments,
-                    "ok": c.ok,
-                    "latency_s": round(c.latency_s, 4),
-                }
-                for c in state.calls
-            ],
-            "tools_used": sorted(state.tools_used),
-            "documents_read": list(state.documents_read),
-            "grade": state.grade.model_dump(mode="json") if state.grade else None,
-            "grader_error": state.grade.error if state.grade else None,
-            "infra_error": state.infra_error,
-        }
+        return EpisodeRecord(
+            row_id=state.row.id,
+            tools=tuple(state.tools),
+            calls=tuple(state.calls),
+            turns=state.turns,
+            tokens=state.tokens,
+            documents_read=tuple(state.documents_read),
+            answer=state.answer,
+            grade=state.grade,
+            infra_error=state.infra_error,
+        )

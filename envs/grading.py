@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envs.episode import EpisodeGrader
 from envs.errors import EnvConfigError
@@ -16,6 +16,9 @@ from envs.graders import (
     make_grader,
 )
 
+if TYPE_CHECKING:
+    from envs.data.rows import Row
+
 # Right answers found without the required tools earn half: the policy should learn to look.
 DEFAULT_TOOL_POLICY = {"penalty": 0.5}
 
@@ -26,7 +29,7 @@ class RowGrader:
     def __init__(self, grader: Grader) -> None:
         self.grader = grader
 
-    async def grade(self, row: Any, answer: str, tools_used: set[str]) -> GradeResult:
+    async def grade(self, row: Row, answer: str, tools_used: set[str]) -> GradeResult:
         return await grade_row(self.grader, row, answer, tools_used)
 
 

@@ -20,13 +20,16 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from envs.errors import EnvConfigError, yaml_problem
+
+if TYPE_CHECKING:
+    from envs.tool_env import ToolEnv
 
 PLUGIN_GROUP = "toolgym.envs"
 # The variable toolgym's own servers take their tokens from; only the built-ins present it.
@@ -134,7 +137,7 @@ def yaml_env_token(env_id: str, token_env: str | None) -> str | None:
     return token
 
 
-def make_yaml_env(env_id: str, token_env: str | None, **kwargs: Any) -> Any:
+def make_yaml_env(env_id: str, token_env: str | None, **kwargs: Any) -> ToolEnv:
     """Entry point for YAML environments: the token is settled when the env is made."""
     from envs.tool_env import make_tool_env
 
@@ -142,7 +145,10 @@ def make_yaml_env(env_id: str, token_env: str | None, **kwargs: Any) -> Any:
     return make_tool_env(token=token, **kwargs)
 
 
-def register_yaml(path: Path) -> str:
+def register_yaml(path: Path, *, token: str | None = None) -> str:
+    """Register the environment `path` describes; returns its id. `token`, when given, is the
+    one its episodes present, instead of the one in its `token_env` variable: a program that
+    started the tool server itself hands the token over without going through os.environ."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         spec = YamlEnvSpec.model_validate(raw)
@@ -169,6 +175,8 @@ def register_yaml(path: Path) -> str:
     }
     if spec.system_prompt:
         kwargs["system_prompt"] = spec.system_prompt
+    if token is not None:
+        kwargs["token"] = token  # make_yaml_env takes it before looking at token_env
     _register(spec.id, f"yaml:{path}", "envs.registry:make_yaml_env", kwargs)
     return spec.id
 

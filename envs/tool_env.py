@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
@@ -29,7 +29,11 @@ from envs.episode import (
     parse_limits,
 )
 from envs.errors import EnvConfigError
+from envs.record import EpisodeRecord
 from envs.spaces import AssistantActions, ChatMessages
+
+if TYPE_CHECKING:
+    from envs.data.rows import Row
 
 
 class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
@@ -37,7 +41,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
 
     def __init__(
         self,
-        rows: Sequence[Any],
+        rows: Sequence[Row],
         grader: EpisodeGrader,
         client_factory: Callable[[], ToolClient],
         *,
@@ -72,7 +76,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
             self._client = self._client_factory()
         return self._client
 
-    def pick_row(self, options: dict[str, Any] | None) -> Any:
+    def pick_row(self, options: dict[str, Any] | None) -> Row:
         wanted = (options or {}).get("row_id")
         if wanted is not None:
             if wanted not in self._by_id:
@@ -85,7 +89,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         gym.Env.reset(self, seed=seed)
         row = self.pick_row(options)
-        tools = list(getattr(row, "tools", None) or []) or await self.client.specs()
+        tools = list(row.tools) or await self.client.specs()
         self.episode = Episode(
             row,
             row.prompt,
@@ -94,8 +98,16 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
             self.limits,
             self.system_prompt,
             self.count_tokens,
+            tools=tools,
         )
-        return self.episode.opening(), {**self.episode.info(), "tools": tools}
+        return self.episode.opening(), self.episode.record.as_info(with_tools=True)
+
+    @property
+    def record(self) -> EpisodeRecord:
+        """The current episode so far (tools offered, calls, answer, grade, errors), frozen."""
+        if self.episode is None:
+            raise gym.error.ResetNeeded("call reset() before reading the episode record")
+        return self.episode.record
 
     async def astep(
         self, action: Any
@@ -147,7 +159,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
             self._loop = None
 
 
-def load_dataset_rows(dataset: str | Path | Sequence[Any]) -> list[Any]:
+def load_dataset_rows(dataset: str | Path | Sequence[Row]) -> list[Row]:
     """Rows from a JSONL path, or already-loaded rows passed through."""
     from envs.data.rows import load_rows
 
@@ -157,7 +169,7 @@ def load_dataset_rows(dataset: str | Path | Sequence[Any]) -> list[Any]:
 
 
 def make_tool_env(
-    dataset: str | Path | Sequence[Any],
+    dataset: str | Path | Sequence[Row],
     tools_url: str | None = None,
     token: str | None = None,
     *,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from envs.argtypes import (
     fraction,
@@ -17,11 +17,20 @@ from envs.argtypes import (
     positive_float,
     positive_int,
 )
-from rollout.engine import GroupScorer, RolloutSettings, run_rollouts
-from rollout.errors import RolloutConfigError
+from envs.data.rows import Row
+from rollout.engine import GroupScorer, RolloutResult, RolloutSettings, run_rollouts
+from rollout.errors import RolloutConfigError, RolloutError
 from rollout.policy import DEFAULT_DEVICE, DEFAULT_REQUEST_TIMEOUT_S, SamplingParams
 from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy, parse_policy
-from rollout.summary import RolloutSummary
+
+if TYPE_CHECKING:  # these load every environment: imported when a verb runs, not at startup
+    from rollout.environments import EnvPool
+    from rollout.evaluate import EvalRequest
+    from rollout.prior_check import PriorCheckRun
+
+
+# What this package raises on purpose: the composed CLI prints these as one line, exit 2.
+ERRORS: tuple[type[BaseException], ...] = (RolloutError,)
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,34 +171,41 @@ def settings_from(args: argparse.Namespace, group_size: int) -> RolloutSettings:
         raise RolloutConfigError(f"bad setting: {exc}") from None
 
 
-async def _rollout(
-    args: argparse.Namespace, group_size: int, out: Path, pick: Any
-) -> RolloutSummary:
+def env_pool(args: argparse.Namespace) -> EnvPool:
     from rollout.environments import EnvPool
 
-    settings = settings_from(args, group_size)
-    pool = EnvPool(
-        args.env,
-        dataset=args.dataset,
-        tools_url=args.tools_url,
-        transport=args.transport,
+    return EnvPool(
+        args.env, dataset=args.dataset, tools_url=args.tools_url, transport=args.transport
     )
-    policy = open_policy(policy_spec(args))
+
+
+async def _rollout(
+    args: argparse.Namespace, pick: Callable[[list[Row]], list[Row]]
+) -> RolloutResult:
+    settings = settings_from(args, args.group_size)
+    pool = env_pool(args)
     try:
-        rows = pick(pool.rows)
-        return await run_rollouts(
-            rows, pool.factory(), policy, settings, out, scorer=make_scorer(args)
-        )
+        policy = open_policy(policy_spec(args))
+        try:
+            return await run_rollouts(
+                pick(pool.rows),
+                pool.factory(),
+                policy,
+                settings,
+                args.out,
+                scorer=make_scorer(args),
+            )
+        finally:
+            await policy.aclose()
     finally:
-        await policy.aclose()
         await pool.aclose()
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    def pick(rows: list[Any]) -> list[Any]:
+    def pick(rows: list[Row]) -> list[Row]:
         return rows[: args.limit] if args.limit else rows
 
-    summary = asyncio.run(_rollout(args, args.group_size, args.out, pick))
+    summary = asyncio.run(_rollout(args, pick)).summary
     summary_path = args.out.with_suffix(".summary.json")
     summary_path.write_text(json.dumps(summary.model_dump(mode="json"), indent=2) + "\n")
     print(summary.table())
@@ -197,22 +213,28 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _prior_check(args: argparse.Namespace) -> PriorCheckRun:
+    from rollout.prior_check import run_prior_check
+
+    settings = settings_from(args, args.attempts)
+    pool = env_pool(args)
+    try:
+        return await run_prior_check(
+            pool,
+            policy_spec(args),
+            settings,
+            rows=args.rows,
+            threshold=args.threshold,
+            out=args.out,
+        )
+    finally:
+        await pool.aclose()
+
+
 def cmd_prior_check(args: argparse.Namespace) -> int:
-    from rollout.environments import sample_rows
-    from rollout.prior_check import prior_check
-    from rollout.store import read_groups
-
-    def pick(rows: list[Any]) -> list[Any]:
-        return sample_rows(rows, args.rows, args.seed)
-
-    with tempfile.TemporaryDirectory() as scratch:
-        out = args.out or Path(scratch) / "prior-check.jsonl"
-        summary = asyncio.run(_rollout(args, args.attempts, out, pick))
-        result = prior_check(read_groups(out), success_threshold=args.threshold)
-    print(summary.table())
-    print()
-    print(result.report())
-    return 0 if result.learnable else 1
+    run = asyncio.run(_prior_check(args))
+    print(run.report())
+    return 0 if run.result.learnable else 1
 
 
 def add_eval_command(sub: Any) -> None:
@@ -247,58 +269,39 @@ def add_eval_command(sub: Any) -> None:
     evaluate.set_defaults(func=cmd_eval)
 
 
-def eval_specs(args: argparse.Namespace) -> dict[str, PolicySpec]:
-    return {
-        side: parse_policy(text, device=args.device, request_timeout_s=args.request_timeout)
-        for side, text in (("base", args.base), ("tuned", args.tuned))
-    }
+def eval_request(args: argparse.Namespace) -> EvalRequest:
+    """The eval `args` describe. Both policies are read here, first: a typo in --tuned must
+    wait neither for the rows nor for base's run (--rejudge plays no policy, so its models
+    need not exist any more)."""
+    from rollout.evaluate import EvalRequest
 
+    def spec(text: str) -> PolicySpec:
+        return parse_policy(text, device=args.device, request_timeout_s=args.request_timeout)
 
-async def _eval(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    from rollout.environments import EnvPool, sample_rows
-    from rollout.evaluate import play_side, rejudge_file
-
-    # Both specs are read first: a typo in --tuned must wait neither for the rows nor for
-    # base's run (--rejudge plays no policy, so its models need not exist any more).
-    specs = {} if args.rejudge else eval_specs(args)
-    dataset = args.dataset or args.data_dir / f"{args.split}.jsonl"
-    pool = EnvPool(args.env, dataset=dataset, tools_url=args.tools_url, transport=args.transport)
-    rows = sample_rows(pool.rows, args.n, args.seed)
-    if args.out.exists() and not args.out.is_dir():
-        raise RolloutConfigError(f"--out {args.out} is a file; eval writes a directory of files")
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        if args.rejudge:
-            for side in ("base", "tuned"):
-                changed = await rejudge_file(args.out / f"{side}.jsonl", pool)
-                print(f"re-judged {side}: {changed} rewards changed")
-            return pool, rows
-        settings = RolloutSettings(
-            env_id=args.env,
-            group_size=args.attempts,
-            concurrency=args.concurrency,
-            episode_timeout_s=args.episode_timeout,
-            sampling=SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens),
-            seed=args.seed,
-            progress=not args.no_progress,
-        )
-        for side, spec in specs.items():
-            await play_side(pool, rows, spec, settings, args.out / f"{side}.jsonl")
-        return pool, rows
-    finally:
-        await pool.aclose()
+    return EvalRequest(
+        env_id=args.env,
+        dataset=args.dataset or args.data_dir / f"{args.split}.jsonl",
+        out=args.out,
+        base=None if args.rejudge else spec(args.base),
+        tuned=None if args.rejudge else spec(args.tuned),
+        tools_url=args.tools_url,
+        transport=args.transport,
+        n=args.n,
+        attempts=args.attempts,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+        episode_timeout_s=args.episode_timeout,
+        solved_threshold=args.solved_threshold,
+        seed=args.seed,
+        progress=not args.no_progress,
+        rejudge=args.rejudge,
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rollout.evaluate import load_and_compare, references, write_samples
-    from rollout.report import terminal_summary, write_report
+    from rollout.evaluate import run_eval
 
-    _, rows = asyncio.run(_eval(args))
-    comparison, base, tuned = load_and_compare(args.out, solved_threshold=args.solved_threshold)
-    write_samples(comparison, args.out / "samples.jsonl")
-    report = write_report(
-        comparison, base, tuned, args.out, references=references(rows), title=f"{args.env} eval"
-    )
-    print(terminal_summary(comparison, tuned=tuned))
-    print(f"\nper sample: {args.out / 'samples.jsonl'}\nreport: {report.html}")
+    outcome = asyncio.run(run_eval(eval_request(args)))
+    print(outcome.terminal())
     return 0

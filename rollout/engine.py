@@ -1,12 +1,15 @@
 """The rollout engine: `group_size` episodes per row, many rows at once, written as they finish.
 
-    summary = await run_rollouts(rows, make_env, policy, RolloutSettings(group_size=8), out)
+    result = await run_rollouts(rows, make_env, policy, RolloutSettings(group_size=8), out)
+    result.summary, result.trajectories, result.groups()
 
 `concurrency` workers each own one environment and take episodes from a shared queue in row
 order, so groups complete together. Each trajectory is appended to the output JSONL as soon
 as it is done (with a group scorer, as soon as its group is done and judged); a rerun with the
-same file skips everything already there. Failed episodes are recorded with their error; when
-more fail than the budget allows, the run stops with RolloutAbortedError, keeping what it wrote.
+same file skips everything already there. The result holds the trajectories themselves (those
+read back on resume and those just played), so no caller re-reads the file. Failed episodes
+are recorded with their error; when more fail than the budget allows, the run stops with
+RolloutAbortedError, keeping what it wrote.
 """
 
 from __future__ import annotations
@@ -17,18 +20,20 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from envs.data.rows import Row
 from rollout.errors import RolloutAbortedError, RolloutConfigError
 from rollout.play import AsyncToolEnv, EpisodeJob, episode_seed, play_episode
 from rollout.policy import Policy, SamplingParams
 from rollout.store import TrajectoryWriter, read_trajectories
 from rollout.summary import RolloutSummary, summarize
-from rollout.trajectory import Trajectory
+from rollout.trajectory import Trajectory, TrajectoryGroup, group_trajectories
 
 
 class RolloutSettings(BaseModel):
@@ -50,7 +55,19 @@ class RolloutSettings(BaseModel):
 class GroupScorer(Protocol):
     """Scores a finished group in place (e.g. RULER); called before the group is written."""
 
-    async def score_group(self, row: Any, trajectories: list[Trajectory]) -> None: ...
+    async def score_group(self, row: Row, trajectories: list[Trajectory]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    """What a run amounted to, with every trajectory of the rows asked for: those found in the
+    file on resume and those played now, each once, in row order then sample order."""
+
+    trajectories: list[Trajectory]
+    summary: RolloutSummary
+
+    def groups(self) -> list[TrajectoryGroup]:
+        return group_trajectories(self.trajectories)
 
 
 class LiveStats:
@@ -82,12 +99,16 @@ class LiveStats:
         }
 
 
+def group_id_of(row: Row, settings: RolloutSettings) -> str:
+    return f"{settings.group_prefix}{row.id}"
+
+
 def plan_jobs(
-    rows: Sequence[Any], settings: RolloutSettings, done: set[tuple[str, int]]
+    rows: Sequence[Row], settings: RolloutSettings, done: set[tuple[str, int]]
 ) -> list[EpisodeJob]:
     jobs = []
     for row in rows:
-        group_id = f"{settings.group_prefix}{row.id}"
+        group_id = group_id_of(row, settings)
         for index in range(settings.group_size):
             if (group_id, index) not in done:
                 seed = episode_seed(settings.seed, group_id, index)
@@ -167,18 +188,18 @@ class _Run:
 
 
 async def run_rollouts(
-    rows: Sequence[Any],
+    rows: Sequence[Row],
     make_env: Callable[[], AsyncToolEnv],
     policy: Policy,
     settings: RolloutSettings,
     out: Path,
     *,
     scorer: GroupScorer | None = None,
-) -> RolloutSummary:
-    """Play every (row, sample) not already in `out`; return the summary of the whole file."""
+) -> RolloutResult:
+    """Play every (row, sample) not already in `out`; return all of them with their summary."""
     if not rows:
         raise RolloutConfigError("no rows to roll out")
-    existing = read_trajectories(out).trajectories
+    existing = read_trajectories(out).trajectories  # resume: the one read of the file
     foreign = {t.env_id for t in existing} - {settings.env_id}
     if foreign:
         raise RolloutConfigError(
@@ -200,6 +221,19 @@ async def run_rollouts(
             for env in envs:
                 await env.aclose()
     wall_s = time.perf_counter() - run.stats.started
-    wanted = {f"{settings.group_prefix}{row.id}" for row in rows}
-    everything = [t for t in existing if t.group_id in wanted] + run.stats.finished
-    return summarize(everything, this_run=run.stats.finished, wall_s=wall_s)
+    everything = wanted(rows, settings, existing + run.stats.finished)
+    summary = summarize(everything, this_run=run.stats.finished, wall_s=wall_s)
+    return RolloutResult(trajectories=everything, summary=summary)
+
+
+def wanted(
+    rows: Sequence[Row], settings: RolloutSettings, trajectories: list[Trajectory]
+) -> list[Trajectory]:
+    """The planned episodes among `trajectories`, in row order then sample order: the same
+    order whichever worker finished first, and whatever else an earlier run left in the file
+    (other rows, a larger group size) is left out."""
+    position = {group_id_of(row, settings): i for i, row in enumerate(rows)}
+    chosen = [
+        t for t in trajectories if t.group_id in position and t.sample_index < settings.group_size
+    ]
+    return sorted(chosen, key=lambda t: (position[t.group_id], t.sample_index))

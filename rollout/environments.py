@@ -16,6 +16,7 @@ from typing import Any
 import gymnasium as gym
 
 import envs  # noqa: F401  (registers the built-in and plugin environments)
+from envs.data.rows import Row
 from envs.errors import EnvConfigError
 from rollout.errors import RolloutConfigError
 from rollout.play import AsyncToolEnv
@@ -28,7 +29,7 @@ class EnvPool:
         self,
         env_id: str,
         *,
-        dataset: Path | list[Any] | None = None,
+        dataset: Path | list[Row] | None = None,
         tools_url: str | None = None,
         token: str | None = None,
         transport: str | None = None,
@@ -58,7 +59,7 @@ class EnvPool:
             if value is not None:
                 self.kwargs[key] = value
         first = self._make()
-        self.rows: list[Any] = list(first.rows)
+        self.rows: list[Row] = list(first.rows)
         self.kwargs["dataset"] = self.rows  # later environments reuse the loaded rows
         self._spare: list[AsyncToolEnv] = [first]
 
@@ -67,9 +68,14 @@ class EnvPool:
             env = gym.make(self.env_id, disable_env_checker=True, **self.kwargs).unwrapped
         except (TypeError, EnvConfigError) as exc:
             raise RolloutConfigError(f"cannot make {self.env_id}: {exc}") from None
-        if not all(hasattr(env, name) for name in ("areset", "astep", "aclose", "rows")):
+        # Looked up on the class or the instance's own attributes, without calling anything: on
+        # a fresh ToolEnv the `record` property raises ResetNeeded.
+        needed = ("areset", "astep", "aclose", "rows", "record")
+        missing = [n for n in needed if not hasattr(type(env), n) and n not in vars(env)]
+        if missing:
             raise RolloutConfigError(
-                f"{self.env_id} is not a toolgym environment (it needs areset/astep/aclose/rows)"
+                f"{self.env_id} is not a toolgym environment (it lacks {', '.join(missing)}; "
+                "it needs areset/astep/aclose/rows/record)"
             )
         return env  # type: ignore[return-value]
 
@@ -93,7 +99,7 @@ def _has_dataset(entry_point: Any, registered: Any, extra: dict[str, Any] | None
     return "dataset" in (registered or {}) or "dataset" in (extra or {})
 
 
-def sample_rows(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+def sample_rows(rows: list[Row], n: int | None, seed: int) -> list[Row]:
     """K rows drawn with the seed (all rows when n is None), in their dataset order."""
     if n is None or n >= len(rows):
         return list(rows)

@@ -3,8 +3,9 @@
 The conversation sent to the policy is exactly the one it is recorded with: the assistant
 message as the backend returned it, then the environment's observation messages. Failures are
 sorted by whose they are: the policy server's (PolicyError), the tool server's (the
-environment's `infra_error`), the grader's, or the clock's (episode timeout). Each ends up on
-the trajectory's `error`, with no reward.
+record's `infra_error`), the grader's, or the clock's (episode timeout). Each ends up on
+the trajectory's `error`, with no reward. What the episode did is read off the environment's
+typed `EpisodeRecord`, not its Gymnasium `info` dict.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rollout.errors import PolicyError
 from rollout.policy import Policy, SamplingParams, TurnRequest
@@ -22,14 +23,22 @@ from rollout.trajectory import (
     Trajectory,
     TrajectoryError,
     TurnTokens,
-    token_segments,
 )
+
+if TYPE_CHECKING:  # types only: importing envs registers every environment
+    from envs.data.rows import Row
+    from envs.record import EpisodeRecord
 
 
 class AsyncToolEnv(Protocol):
     """What the engine needs of an environment (envs.ToolEnv provides it)."""
 
-    rows: list[Any]
+    rows: list[Row]
+
+    @property
+    def record(self) -> EpisodeRecord:
+        """The current episode so far: tools offered once reset, then calls, answer, grade."""
+        ...
 
     async def areset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -44,7 +53,7 @@ class AsyncToolEnv(Protocol):
 
 @dataclass(frozen=True)
 class EpisodeJob:
-    row: Any
+    row: Row
     group_id: str
     sample_index: int
     seed: int
@@ -56,13 +65,8 @@ def episode_seed(base_seed: int, group_id: str, sample_index: int) -> int:
     return int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF
 
 
-def row_metadata(row: Any) -> dict[str, Any]:
-    metadata = getattr(row, "metadata", None)
-    if metadata is None:
-        return {}
-    if hasattr(metadata, "model_dump"):
-        return dict(metadata.model_dump(mode="json"))
-    return dict(metadata)
+def row_metadata(row: Row) -> dict[str, Any]:
+    return dict(row.metadata.model_dump(mode="json"))
 
 
 class EpisodeRecorder:
@@ -95,17 +99,17 @@ class EpisodeRecorder:
         metrics.prompt_tokens = len(trajectory.turns[-1].prompt_ids) if trajectory.turns else 0
         metrics.policy_s = round(sum(t.latency_s for t in trajectory.turns), 4)
         metrics.episode_s = round(time.perf_counter() - self.started, 4)
-        trajectory.token_mismatches = token_segments(trajectory.turns)[1]
+        trajectory.token_mismatches = trajectory.prompt_mismatches()
         return trajectory
 
 
-def _apply_info(trajectory: Trajectory, info: dict[str, Any]) -> None:
-    calls = info.get("tool_calls") or []
-    trajectory.metrics.tool_calls = len(calls)
-    trajectory.metrics.tool_errors = sum(1 for c in calls if not c.get("ok"))
-    trajectory.tools_used = sorted(info.get("tools_used") or [])
-    trajectory.metrics.tool_s = round(sum(c.get("latency_s", 0.0) for c in calls), 4)
-    trajectory.grade = info.get("grade")
+def _apply_record(trajectory: Trajectory, record: EpisodeRecord) -> None:
+    trajectory.metrics.tool_calls = len(record.calls)
+    trajectory.metrics.tool_errors = record.tool_errors
+    trajectory.tools_used = record.tools_used
+    trajectory.metrics.tool_s = round(sum(c.latency_s for c in record.calls), 4)
+    trajectory.grade = record.grade.model_dump(mode="json") if record.grade else None
+    trajectory.answer = record.answer
 
 
 async def play_episode(
@@ -139,28 +143,29 @@ async def _play(
     recorder: EpisodeRecorder,
 ) -> Trajectory:
     trajectory = recorder.trajectory
-    observation, info = await env.areset(seed=job.seed, options={"row_id": job.row.id})
+    observation, _ = await env.areset(seed=job.seed, options={"row_id": job.row.id})
     messages = trajectory.messages
     messages.extend(observation)
-    tools = list(info.get("tools") or [])
-    trajectory.tools = [spec.get("function", {}).get("name", "") for spec in tools]
+    offered = env.record
+    tools = list(offered.tools)
+    trajectory.tools = offered.tool_names
     while True:
         turn_seed = job.seed + len(trajectory.turns)
         request = TurnRequest(list(messages), tools, sampling, model=version, seed=turn_seed)
         turn = await policy.complete(request)
         trajectory.turns.append(TurnTokens.from_turn(turn))
         messages.append(turn.message)
-        observation, reward, terminated, truncated, info = await env.astep(turn.message)
+        observation, reward, terminated, truncated, _ = await env.astep(turn.message)
         messages.extend(observation)
         if terminated or truncated:
             break
-    _apply_info(trajectory, info)
+    record = env.record
+    _apply_record(trajectory, record)
     trajectory.metrics.terminated, trajectory.metrics.truncated = terminated, truncated
-    trajectory.answer = info.get("answer")
-    if info.get("infra_error"):
-        return recorder.fail("tool", str(info["infra_error"]))
-    if info.get("grader_error"):
-        return recorder.fail("grader", str(info["grader_error"]))
+    if record.infra_error:
+        return recorder.fail("tool", record.infra_error)
+    if record.grader_error:
+        return recorder.fail("grader", record.grader_error)
     trajectory.reward = float(reward)
     trajectory.scores["grader"] = float(reward)
     return recorder.finish()

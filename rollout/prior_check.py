@@ -3,13 +3,27 @@
 K rows, N attempts each. A row the policy always solves or never solves gives every attempt
 the same reward: a group-relative advantage of zero, nothing to learn. The share of rows whose
 success rate sits inside the signal band is what GRPO can work with.
+
+    run = await run_prior_check(pool, spec, RolloutSettings(group_size=8, seed=0), rows=32)
+    run.result.learnable, run.report()
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
+from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
+from rollout.policy_spec import PolicySpec, open_policy
+from rollout.summary import RolloutSummary
 from rollout.trajectory import TrajectoryGroup
+
+if TYPE_CHECKING:  # the pool's module loads every environment: only its type is needed here
+    from rollout.environments import EnvPool
 
 MIN_SIGNAL_SHARE = 0.25  # below this, most of each batch would carry no gradient
 
@@ -123,3 +137,46 @@ def prior_check(
         learnable=learnable,
         outcomes=outcomes,
     )
+
+
+@dataclass(frozen=True)
+class PriorCheckRun:
+    """A prior check as played: the rollout (its trajectories and summary) and the verdict."""
+
+    rollout: RolloutResult
+    result: PriorCheck
+
+    @property
+    def summary(self) -> RolloutSummary:
+        return self.rollout.summary
+
+    def report(self) -> str:
+        """What `toolgym prior-check` prints: the rollout's table, then the buckets."""
+        return f"{self.summary.table()}\n\n{self.result.report()}"
+
+
+async def run_prior_check(
+    pool: EnvPool,
+    spec: PolicySpec,
+    settings: RolloutSettings,
+    *,
+    rows: int,
+    threshold: float = 0.5,
+    out: Path | None = None,
+) -> PriorCheckRun:
+    """`rows` rows drawn with `settings.seed`, `settings.group_size` attempts each, judged.
+
+    The trajectories are kept in `out` when given (a rerun resumes it), else in a scratch file
+    that is deleted. The caller owns `pool`; the policy is opened and closed here.
+    """
+    from rollout.environments import sample_rows
+
+    chosen = sample_rows(pool.rows, rows, settings.seed)
+    policy = open_policy(spec)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            path = out or Path(scratch) / "prior-check.jsonl"
+            played = await run_rollouts(chosen, pool.factory(), policy, settings, path)
+    finally:
+        await policy.aclose()
+    return PriorCheckRun(played, prior_check(played.groups(), success_threshold=threshold))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from envs.data.rows import Row
 from envs.graders.judge import JudgeConfig, JudgeGrader, JudgeUnavailableError
 from rollout.trajectory import Trajectory, TrajectoryError
 
@@ -151,11 +152,11 @@ class RulerScorer:
             self.cache.put(key, await self.judge.ask(prompt, SYSTEM))
         return self.cache.replies[key]
 
-    async def score_group(self, row: Any, trajectories: list[Trajectory]) -> None:
+    async def score_group(self, row: Row, trajectories: list[Trajectory]) -> None:
         members = [t for t in trajectories if not t.failed]
         if not members:
             return
-        prompt = render_prompt(str(getattr(row, "prompt", "")), members)
+        prompt = render_prompt(row.prompt, members)
         try:
             scores = parse_scores(await self._reply(prompt), len(members))
             problem = None if scores is not None else "the judge's reply has no score per attempt"

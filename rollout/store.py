@@ -1,13 +1,16 @@
-"""Trajectory JSONL files: written one line per finished episode, read back for resume and training.
+"""Trajectory JSONL files: written one line per finished episode, read back to resume a run.
 
-A killed run can leave a half-written last line. Readers skip it (and say so); the writer cuts
-it off before appending, so a resumed run never glues a new record onto a broken one. A bad
-line anywhere else is corruption and is reported with its line number, not skipped.
+This module is their only writer: `TrajectoryWriter` appends as episodes finish, and
+`rewrite_trajectories` replaces a whole file atomically (re-judging). A killed run can leave a
+half-written last line. Readers skip it (and say so); the writer cuts it off before appending,
+so a resumed run never glues a new record onto a broken one; a rewrite leaves none. A bad line
+anywhere else is corruption and is reported with its line number, not skipped.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -54,6 +57,28 @@ def read_groups(path: Path) -> list[TrajectoryGroup]:
     return group_trajectories(read_trajectories(path).trajectories)
 
 
+def _line(trajectory: Trajectory) -> str:
+    return trajectory.model_dump_json() + "\n"
+
+
+def rewrite_trajectories(path: Path, trajectories: Iterable[Trajectory]) -> None:
+    """Replace `path` with exactly these trajectories, all or nothing.
+
+    Written to a file beside it, synced, then renamed over it: a kill mid-write leaves the old
+    file whole instead of a file cut short.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.rewrite")
+    try:
+        with staging.open("w", encoding="utf-8") as handle:
+            handle.writelines(_line(t) for t in trajectories)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)  # only still there when the rewrite failed
+
+
 class TrajectoryWriter:
     """Appends trajectories to a JSONL file, one flushed line each."""
 
@@ -74,7 +99,7 @@ class TrajectoryWriter:
 
     def write(self, trajectory: Trajectory) -> None:
         # One write call per line, then flush: a kill can cut at most the line in flight.
-        self._file.write(trajectory.model_dump_json() + "\n")
+        self._file.write(_line(trajectory))
         self._file.flush()
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 A trajectory keeps each turn's prompt and completion token ids and logprobs exactly as the
 policy backend reported them. The trainer consumes `segments()`: flat token sequences with a
-mask of model-generated tokens. Each turn's prompt should extend the previous turn's prompt
+mask of model-generated tokens, computed once per trajectory (the episode's end counts their
+mismatches, the trainer reuses them). Each turn's prompt should extend the previous turn's prompt
 plus completion; when it does not (a chat template that re-renders the assistant's message
 differently from what was generated), the sequence is not patched up by re-tokenizing: a new
 segment starts from that turn's own prompt, and the mismatch is counted. Every generated token
@@ -15,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rollout.policy import Turn
 
@@ -64,6 +65,32 @@ class TrajectoryError(BaseModel):
     message: str
 
 
+class _SegmentCache:
+    """The segments of the turns they were computed from, kept off the record.
+
+    It compares equal to any other cache: a derived value must not make two trajectories with
+    the same fields unequal (pydantic compares private attributes too). The turns are checked
+    by identity, so turns appended or replaced after a computation are never served stale.
+    """
+
+    def __init__(self) -> None:
+        self._turns: list[TurnTokens] = []
+        self._value: tuple[list[TokenSequence], int] | None = None
+
+    def get(self, turns: list[TurnTokens]) -> tuple[list[TokenSequence], int]:
+        fresh = len(turns) == len(self._turns) and all(
+            a is b for a, b in zip(turns, self._turns, strict=True)
+        )
+        if self._value is None or not fresh:
+            self._turns, self._value = list(turns), token_segments(turns)
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SegmentCache)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Trajectory(BaseModel):
     """One line of a trajectory JSONL file."""
 
@@ -89,6 +116,7 @@ class Trajectory(BaseModel):
     token_mismatches: int = 0
     metadata: dict[str, Any] = Field(default_factory=dict)  # the row's slicing keys
     error: TrajectoryError | None = None
+    _segments: _SegmentCache = PrivateAttr(default_factory=_SegmentCache)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -99,7 +127,12 @@ class Trajectory(BaseModel):
         return self.error is not None
 
     def segments(self) -> list[TokenSequence]:
-        return token_segments(self.turns)[0]
+        """The token-exact training sequences; computed once, treat them as read-only."""
+        return self._segments.get(self.turns)[0]
+
+    def prompt_mismatches(self) -> int:
+        """Turns whose prompt did not extend the previous sequence (computed with segments())."""
+        return self._segments.get(self.turns)[1]
 
 
 @dataclass

@@ -5,7 +5,8 @@
             -> every eval_every steps: val reward
 
 Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (resumable on its
-own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/, curves.png.
+own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/, curves.png. The rollout files
+are written for resuming and reading; the step trains on the trajectories the engine returns.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from rollout.engine import RolloutSettings, run_rollouts
+from envs.data.rows import Row
+from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
 from rollout.policy import Policy, SamplingParams
-from rollout.store import read_groups
-from rollout.summary import RolloutSummary
 from trainer.batch import build_sequences
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
@@ -32,8 +33,10 @@ from trainer.metrics import MetricsLog
 from trainer.publish import save_adapter, version_name
 from trainer.update import grpo_update
 
+T = TypeVar("T")  # any row type: the order depends only on how many there are and the seed
 
-def rows_for_step(rows: list[Any], step: int, batch_size: int, seed: int) -> list[Any]:
+
+def rows_for_step(rows: Sequence[T], step: int, batch_size: int, seed: int) -> list[T]:
     """The prompts of step `step` (1-based): a fresh shuffle each epoch, from the seed alone."""
     per_epoch = math.ceil(len(rows) / batch_size)
     epoch, offset = divmod(step - 1, per_epoch)
@@ -85,8 +88,8 @@ class Run:
     scheduler: Any
     policy: Policy
     pool: EnvPool
-    train_rows: list[Any]
-    val_rows: list[Any]
+    train_rows: list[Row]
+    val_rows: list[Row]
     metrics: MetricsLog
     val_pool: EnvPool | None = None  # environments over the val rows (else `pool`)
 
@@ -113,14 +116,14 @@ class Run:
 
     async def rollouts(
         self,
-        rows: list[Any],
+        rows: list[Row],
         group_size: int,
         out: Path,
         prefix: str,
         version: str,
         temperature: float | None = None,
         pool: EnvPool | None = None,
-    ) -> RolloutSummary:
+    ) -> RolloutResult:
         settings = self.settings(group_size, prefix, version, temperature)
         factory = (pool or self.pool).factory()
         return await run_rollouts(rows, factory, self.policy, settings, out)
@@ -131,10 +134,10 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     started = time.perf_counter()
     rows = rows_for_step(run.train_rows, step, config.batch_size, config.seed)
     out = config.output_dir / "rollouts" / f"step-{step:05d}.jsonl"
-    summary = await run.rollouts(rows, config.group_size, out, f"step{step}/", version)
-    groups = read_groups(out)
+    played = await run.rollouts(rows, config.group_size, out, f"step{step}/", version)
+    summary = played.summary
     sequences, stats = build_sequences(
-        groups, scale_rewards=config.scale_rewards, max_tokens=config.max_sequence_tokens
+        played.groups(), scale_rewards=config.scale_rewards, max_tokens=config.max_sequence_tokens
     )
     pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
     update_started = time.perf_counter()
@@ -183,10 +186,10 @@ async def evaluate(run: Run, step: int, version: str) -> float:
     config = run.config
     rows = run.val_rows[: config.eval_rows] if config.eval_rows else run.val_rows
     out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
-    summary = await run.rollouts(
+    played = await run.rollouts(
         rows, 1, out, f"eval{step}/", version, config.eval_temperature, run.val_pool
     )
-    return summary.reward.mean
+    return played.summary.reward.mean
 
 
 def total_steps(config: TrainConfig, rows: int) -> int:

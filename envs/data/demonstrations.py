@@ -32,6 +32,7 @@ from envs.data.oracle import (
     recipe_of,
 )
 from envs.data.rows import Row
+from envs.record import EpisodeRecord
 from envs.tool_env import ToolEnv
 
 __all__ = ["Demonstration", "DemonstrationError", "demonstrate", "record_demonstrations"]
@@ -61,10 +62,20 @@ def _call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
 
 
 async def _step(env: ToolEnv, action: dict[str, Any]) -> str:
-    observation, _, terminated, truncated, info = await env.astep(action)
+    observation, _, terminated, truncated, _ = await env.astep(action)
     if terminated or truncated:
-        raise DemonstrationError(f"the episode ended early: {info}")
+        raise DemonstrationError(f"row {env.record.row_id}: {_ended_early(env.record)}")
     return str(observation[0]["content"])
+
+
+def _ended_early(record: EpisodeRecord) -> str:
+    """Why a demonstration stopped before its answer: the tool server, or a budget."""
+    if record.infra_error:
+        return f"the tool server failed: {record.infra_error}"
+    return (
+        f"the episode ended early (turn {record.turns}, {len(record.calls)} calls, "
+        f"{record.tokens} tokens)"
+    )
 
 
 def stated_in_top_result(row: Row, search_output: str) -> bool:
@@ -85,7 +96,8 @@ async def demonstrate(
 
     With `read=False` only rows the top search result answers are demonstrated (the others
     raise `DemonstrationError`)."""
-    _, info = await env.areset(options={"row_id": row.id})
+    await env.areset(options={"row_id": row.id})
+    tools = list(env.record.tools)
     plan = oracle_plan(row)
     # one search shows the policy how to look things up
     found = await _step(env, _call("search", {"query": plan.queries[0], "top_k": top_k}, "call_1"))
@@ -98,7 +110,7 @@ async def demonstrate(
         raise DemonstrationError(f"row {row.id}: the top search result does not state it")
     if answer is None:
         answer = await _read_and_answer(env, row, plan.paths)
-    return await _answer(env, row, answer, info["tools"])
+    return await _answer(env, row, answer, tools)
 
 
 async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
@@ -127,11 +139,13 @@ async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
 async def _answer(
     env: ToolEnv, row: Row, answer: str, tools: list[dict[str, Any]]
 ) -> Demonstration:
-    _, reward, terminated, _, end = await env.astep(
+    _, reward, terminated, _, _ = await env.astep(
         {"role": "assistant", "content": f"Answer: {answer}"}
     )
     if not terminated or reward < 1.0:
-        raise DemonstrationError(f"row {row.id}: graded {reward} ({end.get('grade')})")
+        grade = env.record.grade
+        verdict = grade.model_dump(mode="json") if grade else None
+        raise DemonstrationError(f"row {row.id}: graded {reward} ({verdict})")
     assert env.episode is not None
     messages = [dict(m) for m in env.episode.state.messages]
     return Demonstration(row_id=row.id, messages=messages, tools=tools, reward=reward)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from envs.graders.errors import GraderInputError
+
+if TYPE_CHECKING:
+    from envs.data.rows import Row
 
 T = TypeVar("T")
 
@@ -105,7 +108,9 @@ class Reference(BaseModel):
         return "; ".join(self.spans)
 
     @classmethod
-    def from_row(cls, row: Any, tools_used: Iterable[str] | None = None) -> Reference:
+    def from_row(
+        cls, row: Row | Mapping[str, Any], tools_used: Iterable[str] | None = None
+    ) -> Reference:
         """From a dataset row: an `envs.data.rows.Row` or its JSON dict."""
         data: Mapping[str, Any] = row if isinstance(row, Mapping) else row.model_dump()
         expected = data.get("expected") or {}
@@ -143,7 +148,10 @@ class SyncGrader:
 
 
 async def grade_row(
-    grader: Grader, row: Any, answer: str, tools_used: Iterable[str] | None = None
+    grader: Grader,
+    row: Row | Mapping[str, Any],
+    answer: str,
+    tools_used: Iterable[str] | None = None,
 ) -> GradeResult:
     """Grade an episode's final answer against its dataset row (what an environment calls)."""
     return await grader.agrade(answer, Reference.from_row(row, tools_used))

@@ -18,7 +18,7 @@ from _servers import fake_vllm as serve_fake
 
 from envs.data.build import build_dataset
 from envs.data.rows import Row, load_rows
-from rollout.engine import RolloutSettings, run_rollouts
+from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
 from rollout.errors import RolloutAbortedError
 from rollout.fake_vllm import DEFAULT_MODEL as MODEL
@@ -26,7 +26,6 @@ from rollout.fake_vllm import encode, render_prompt
 from rollout.openai_policy import OpenAIPolicy
 from rollout.policy import Policy, SamplingParams
 from rollout.store import read_trajectories
-from rollout.summary import RolloutSummary
 from testkit import (
     TOKENS,
     LiveServer,
@@ -67,8 +66,8 @@ def rollout(
     policy: Policy,
     out: Path,
     **settings: Any,
-) -> RolloutSummary:
-    async def go() -> RolloutSummary:
+) -> RolloutResult:
+    async def go() -> RolloutResult:
         pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools_url, token=TOKENS[0])
         try:
             return await run_rollouts(
@@ -90,9 +89,16 @@ def test_groups_are_recorded_token_exact(
 ) -> None:
     out = tmp_path / "t.jsonl"
     policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=10)
-    summary = rollout(rows[:5], http_server.url, policy, out, group_size=3, concurrency=4)
+    result = rollout(rows[:5], http_server.url, policy, out, group_size=3, concurrency=4)
+    summary = result.summary
     trajectories = read_trajectories(out).trajectories
     assert len(trajectories) == 15 == summary.episodes == summary.scored
+    # What was returned is what was written, in row order then sample order.
+    assert sorted(trajectories, key=lambda t: t.key) == sorted(
+        result.trajectories, key=lambda t: t.key
+    )
+    assert [t.key for t in result.trajectories] == [(r.id, i) for r in rows[:5] for i in range(3)]
+    assert [g.group_id for g in result.groups()] == [r.id for r in rows[:5]]
     assert {t.group_id for t in trajectories} == {r.id for r in rows[:5]}
     assert summary.token_mismatches == 0
     tools = _tool_specs(http_server)
@@ -131,9 +137,26 @@ def test_503s_and_a_hung_request_are_retried(
     fake_vllm.faults.fail_next(2, status=503)
     fake_vllm.faults.hang_next(1)
     policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=1.0, backoff_s=0.01)
-    summary = rollout(rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=2)
+    summary = rollout(rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=2).summary
     assert summary.failed == 0 and summary.scored == 4
     assert fake_vllm.faults.received == fake_vllm.faults.served + 3
+
+
+def test_a_resumed_run_returns_what_the_file_had_once_plus_what_it_played(
+    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "t.jsonl"
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=10)
+    first = rollout(rows[:2], http_server.url, policy, out, group_size=2)
+    served = fake_vllm.faults.served
+    policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=10)
+    # Row 3 is new; rows 1 and 2 are in the file. Row 0 is not asked for this time.
+    second = rollout(rows[1:3], http_server.url, policy, out, group_size=2)
+    assert [t.key for t in second.trajectories] == [(r.id, i) for r in rows[1:3] for i in range(2)]
+    assert second.trajectories[:2] == first.trajectories[2:]  # read back, not played again
+    assert second.summary.episodes == 4 and second.summary.episodes_this_run == 2
+    assert fake_vllm.faults.served - served == 2 * 3  # two new episodes of three turns
+    assert len(read_trajectories(out).trajectories) == 6
 
 
 def test_a_slow_server_times_out_cleanly_as_recorded_policy_errors(
@@ -144,7 +167,7 @@ def test_a_slow_server_times_out_cleanly_as_recorded_policy_errors(
     started = time.monotonic()
     summary = rollout(
         rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=2, max_failures=10
-    )
+    ).summary
     assert time.monotonic() - started < 10
     assert summary.errors == {"policy": 4}
     for trajectory in read_trajectories(tmp_path / "t.jsonl").trajectories:
@@ -160,7 +183,7 @@ def test_an_episode_past_its_deadline_is_recorded_as_a_timeout(
     summary = rollout(
         rows[:1], http_server.url, policy, tmp_path / "t.jsonl", group_size=2,
         episode_timeout_s=0.5, max_failures=2,
-    )  # fmt: skip
+    ).summary  # fmt: skip
     assert summary.errors == {"timeout": 2}
     (first, _) = read_trajectories(tmp_path / "t.jsonl").trajectories
     assert first.turns  # what happened before the deadline is kept
@@ -183,7 +206,7 @@ def test_tool_server_killed_mid_run(
     fake_vllm.faults.delay_s = 0.05
     out = tmp_path / "t.jsonl"
 
-    async def go() -> RolloutSummary:
+    async def go() -> RolloutResult:
         pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools.url, token=TOKENS[0])
         policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
         settings = RolloutSettings(progress=False, group_size=4, concurrency=4, max_failures=100)
@@ -203,7 +226,7 @@ def test_tool_server_killed_mid_run(
             await policy.aclose()
             await pool.aclose()
 
-    summary = asyncio.run(go())
+    summary = asyncio.run(go()).summary
     assert summary.episodes == 24
     assert summary.scored >= 6
     assert summary.errors.get("tool", 0) >= 1
@@ -260,25 +283,43 @@ def test_kill_the_rollout_process_and_resume_without_loss(
     assert served_again > 0
 
 
-def test_prior_check_cli_reports_buckets(
-    rows: list[Row], http_server: LiveServer, fake_vllm: FakeServer, tmp_path: Path
+def test_prior_check_cli_prints_what_run_prior_check_returns(
+    rows: list[Row],
+    http_server: LiveServer,
+    fake_vllm: FakeServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from rollout import prior_check
+    from rollout.store import read_groups
     from trainer.cli import main
 
+    runs: list[prior_check.PriorCheckRun] = []
+    real = prior_check.run_prior_check
+
+    async def recorded(*args: Any, **kwargs: Any) -> prior_check.PriorCheckRun:
+        runs.append(await real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(prior_check, "run_prior_check", recorded)
+    monkeypatch.setenv("TOOL_BEARER", TOKENS[0])
     rows_file = tmp_path / "rows.jsonl"
     rows_file.write_text("".join(r.model_dump_json() + "\n" for r in rows[:12]))
-    os.environ["TOOL_BEARER"] = TOKENS[0]
-    try:
-        code = main(
-            ["prior-check", "--dataset", str(rows_file), "--tools-url", http_server.url,
-             "--base-url", fake_vllm.url, "--model", MODEL, "--rows", "6",
-             "--attempts", "2", "--no-progress", "--out", str(tmp_path / "p.jsonl")]
-        )  # fmt: skip
-    finally:
-        del os.environ["TOOL_BEARER"]
-    groups = {t.group_id for t in read_trajectories(tmp_path / "p.jsonl").trajectories}
-    assert len(groups) == 6
-    assert code in (0, 1)
+    code = main(
+        ["prior-check", "--dataset", str(rows_file), "--tools-url", http_server.url,
+         "--base-url", fake_vllm.url, "--model", MODEL, "--rows", "6",
+         "--attempts", "2", "--no-progress", "--out", str(tmp_path / "p.jsonl")]
+    )  # fmt: skip
+    (run,) = runs
+    assert capsys.readouterr().out == run.report() + "\n"
+    assert code == (0 if run.result.learnable else 1)
+    assert run.result.rows == 6 and run.summary.episodes == 12
+    # Judged from the returned trajectories; the kept file says the same.
+    kept = prior_check.prior_check(read_groups(tmp_path / "p.jsonl"))
+    assert run.result.model_dump(exclude={"outcomes"}) == kept.model_dump(exclude={"outcomes"})
+    by_row = sorted(kept.outcomes, key=lambda o: o.row_id)  # the file is in finishing order
+    assert sorted(run.result.outcomes, key=lambda o: o.row_id) == by_row
 
 
 def test_sampling_settings_reach_the_server(
@@ -301,7 +342,7 @@ def test_the_local_policy_plays_real_episodes_end_to_end(
     policy = LocalPolicy.from_pretrained(tiny_policy_dir, max_batch=8)
     sampling = SamplingParams(temperature=1.0, max_tokens=16)
     summary = rollout(rows[:2], http_server.url, policy, tmp_path / "t.jsonl", group_size=3,
-                      concurrency=6, sampling=sampling)  # fmt: skip
+                      concurrency=6, sampling=sampling).summary  # fmt: skip
     assert summary.episodes == 6 and summary.failed == 0
     assert policy.generate_calls < sum(summary.turns_mean for _ in range(6))  # batched
     for trajectory in read_trajectories(tmp_path / "t.jsonl").trajectories:

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _servers import fake_vllm
 
 from envs.data.build import build_dataset
+from envs.data.rows import Row, RowMetadata
+from envs.graders.base import GradeResult, verdict_for
+from rollout import evaluate
+from rollout.cli import eval_request
+from rollout.errors import RolloutConfigError
 from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings, echo_script
-from rollout.store import read_trajectories
+from rollout.store import TrajectoryWriter, read_trajectories
+from rollout.trajectory import Trajectory, TrajectoryError
 from testkit import TOKENS, LiveServer
-from trainer.cli import main
+from trainer.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +90,92 @@ def test_a_bad_policy_spec_is_one_clear_line(
             "--tools-url", "http://127.0.0.1:9", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 2
     assert "MODEL_DIR+ADAPTER_DIR" in capsys.readouterr().err
+
+
+def test_the_cli_prints_what_run_eval_returns_and_a_rerun_plays_nothing(
+    data_dir: Path,
+    http_server: LiveServer,
+    tmp_path: Path,
+    token: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    outcomes: list[evaluate.EvalOutcome] = []
+    real = evaluate.run_eval
+
+    async def recorded(request: evaluate.EvalRequest) -> evaluate.EvalOutcome:
+        outcomes.append(await real(request))
+        return outcomes[-1]
+
+    monkeypatch.setattr(evaluate, "run_eval", recorded)
+    out = tmp_path / "eval"
+    with fake_vllm(FakeSettings()) as base, fake_vllm(FakeSettings(script=echo_script)) as tuned:
+        argv = [
+            "eval", "--data-dir", str(data_dir), "--n", "4", "--attempts", "2",
+            "--base", f"{DEFAULT_MODEL}@{base.url}", "--tuned", f"{DEFAULT_MODEL}@{tuned.url}",
+            "--tools-url", http_server.url, "--out", str(out), "--no-progress",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        (outcome,) = outcomes
+        assert capsys.readouterr().out == outcome.terminal() + "\n"
+        assert len(outcome.rows) == 4 and len(outcome.base) == len(outcome.tuned) == 8
+        samples = [json.loads(line) for line in outcome.samples.read_text().splitlines()]
+        assert samples == [s.model_dump(mode="json") for s in outcome.comparison.samples]
+        stored = read_trajectories(out / "base.jsonl").trajectories
+        assert sorted(stored, key=lambda t: t.key) == sorted(outcome.base, key=lambda t: t.key)
+
+        # The same request again resumes both files: nothing is played, the same comparison.
+        served = (base.faults.served, tuned.faults.served)
+        again = asyncio.run(real(eval_request(build_parser().parse_args(argv))))
+        assert (base.faults.served, tuned.faults.served) == served
+    assert again.comparison == outcome.comparison
+    assert (again.base, again.tuned) == (outcome.base, outcome.tuned)
+
+
+class HalfGrader:
+    """Every answer is worth 0.5."""
+
+    async def grade(self, row: Any, answer: str, tools_used: set[str]) -> GradeResult:
+        return GradeResult(score=0.5, verdict=verdict_for(0.5))
+
+
+def stored(row: str, index: int, reward: float | None) -> Trajectory:
+    return Trajectory(
+        row_id=row,
+        group_id=row,
+        sample_index=index,
+        env_id="e",
+        policy_version="base",
+        messages=[],
+        answer=None if reward is None else "42",
+        reward=reward,
+        error=None if reward is not None else TrajectoryError(kind="tool", message="down"),
+    )
+
+
+def test_rejudge_rewrites_the_file_through_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "tuned.jsonl"
+    with TrajectoryWriter(path) as writer:
+        for trajectory in (stored("r1", 0, 1.0), stored("r1", 1, 0.5), stored("r1", 2, None)):
+            writer.write(trajectory)
+    with path.open("a") as handle:
+        handle.write('{"row_id": "r1", "group_id": "r1", "sample_ind')  # a killed run's tail
+    row = Row(
+        id="r1",
+        prompt="q",
+        reference_answer="42",
+        metadata=RowMetadata(task_type="lookup", difficulty="easy"),
+    )
+    rejudged = asyncio.run(evaluate.rejudge_file(path, [row], HalfGrader()))
+    assert rejudged.changed == 1  # 1.0 -> 0.5; 0.5 stays; the failed episode is left alone
+    again = read_trajectories(path)
+    assert not again.partial_tail  # the rewrite holds whole records only
+    assert again.trajectories == rejudged.trajectories
+    assert [t.reward for t in again.trajectories] == [0.5, 0.5, None]
+    assert list(tmp_path.iterdir()) == [path]  # no staging file left behind
+
+
+def test_rejudging_an_empty_file_says_to_run_eval_first(tmp_path: Path) -> None:
+    with pytest.raises(RolloutConfigError, match="without --rejudge first"):
+        asyncio.run(evaluate.rejudge_file(tmp_path / "base.jsonl", [], HalfGrader()))
+    assert not (tmp_path / "base.jsonl").exists()  # nothing written

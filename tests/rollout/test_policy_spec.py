@@ -11,12 +11,14 @@ from _servers import fake_vllm
 
 from rollout import cli as rollout_cli
 from rollout import evaluate
+from rollout.engine import RolloutResult
 from rollout.errors import RolloutConfigError
 from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings
 from rollout.local_policy import LocalPolicy
 from rollout.openai_policy import OpenAIPolicy
 from rollout.policy import DEFAULT_REQUEST_TIMEOUT_S, Policy, SamplingParams, TurnRequest
 from rollout.policy_spec import LocalSpec, ServerSpec, open_policy, parse_policy
+from rollout.summary import summarize
 from rollout.vllm import AdapterClient
 from trainer.cli import build_parser
 from trainer.config import PolicySettings, TrainConfig
@@ -122,13 +124,16 @@ def test_eval_device_reaches_the_local_policy(
 ) -> None:
     devices: list[str] = []
 
-    async def record(rows: Any, factory: Any, policy: Policy, *args: Any, **kwargs: Any) -> None:
+    async def record(
+        rows: Any, factory: Any, policy: Policy, *args: Any, **kwargs: Any
+    ) -> RolloutResult:
         assert isinstance(policy, LocalPolicy)
         devices.append(str(next(policy.hf_model.parameters()).device))
+        return RolloutResult(trajectories=[], summary=summarize([]))
 
     class NoPool:  # eval needs rows and an aclose from its pool; no episode is played here
         def __init__(self) -> None:
-            self.rows = [object()]
+            self.rows: list[Any] = []
 
         def factory(self) -> None:
             return None
@@ -137,10 +142,10 @@ def test_eval_device_reaches_the_local_policy(
             return None
 
     monkeypatch.setattr(evaluate, "run_rollouts", record)
-    monkeypatch.setattr("rollout.environments.EnvPool", lambda *a, **k: NoPool())
+    monkeypatch.setattr(evaluate, "EnvPool", lambda *a, **k: NoPool())
     argv = ["eval", "--base", str(tiny_policy_dir), "--tuned", str(tiny_policy_dir),
             "--device", "cpu", "--out", str(tmp_path / "eval"), "--no-progress"]  # fmt: skip
-    asyncio.run(rollout_cli._eval(build_parser().parse_args(argv)))
+    asyncio.run(evaluate.run_eval(rollout_cli.eval_request(build_parser().parse_args(argv))))
     assert devices == ["cpu", "cpu"]
 
 

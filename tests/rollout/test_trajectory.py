@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rollout.errors import RolloutConfigError
-from rollout.store import TrajectoryWriter, read_groups, read_trajectories
+from rollout.store import (
+    TrajectoryWriter,
+    read_groups,
+    read_trajectories,
+    rewrite_trajectories,
+)
 from rollout.trajectory import Trajectory, TurnTokens, token_segments
 
 
@@ -59,6 +65,19 @@ def test_a_re_rendered_prompt_starts_a_new_segment_and_is_counted() -> None:
     assert generated == [10, 11, 12, 13]
 
 
+def test_segments_are_computed_once_and_follow_the_turns() -> None:
+    record = trajectory("a", 0)
+    record.turns = [turn([1, 2], [10, 11]), turn([1, 2, 10, 99], [12])]
+    first = record.segments()
+    assert record.segments() is first  # the trainer reuses what the episode's end computed
+    assert record.prompt_mismatches() == 1 == len(first) - 1
+    assert record == Trajectory.model_validate_json(record.model_dump_json())  # not on record
+    assert "segments" not in record.model_dump_json()
+    record.turns.append(turn([1, 2, 10, 99, 12, 5], [13]))  # changed turns: computed afresh
+    assert record.segments() is not first
+    assert [s.ids for s in record.segments()][-1] == [1, 2, 10, 99, 12, 5, 13]
+
+
 def test_writer_cuts_a_torn_last_line_and_readers_skip_it(tmp_path: Path) -> None:
     out = tmp_path / "t.jsonl"
     with TrajectoryWriter(out) as writer:
@@ -94,3 +113,25 @@ def test_groups_and_their_signal(tmp_path: Path) -> None:
     assert groups["mixed"].rewards == [1.0, 0.0]
     assert groups["mixed"].has_signal
     assert not groups["flat"].has_signal
+
+
+def test_a_rewrite_replaces_the_whole_file_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "t.jsonl"
+    with TrajectoryWriter(out) as writer:
+        writer.write(trajectory("a", 0))
+    with out.open("a") as handle:
+        handle.write('{"row_id": "a", "gro')  # torn tail
+    rewrite_trajectories(out, [trajectory("a", 0, 0.5), trajectory("a", 1, 0.0)])
+    read = read_trajectories(out)
+    assert not read.partial_tail
+    assert [(t.key, t.reward) for t in read.trajectories] == [(("a", 0), 0.5), (("a", 1), 0.0)]
+
+    def broken() -> Iterator[Trajectory]:
+        yield trajectory("a", 0, 1.0)
+        raise RuntimeError("killed mid-rewrite")
+
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError):
+        rewrite_trajectories(out, broken())
+    assert out.read_bytes() == before  # the old file, whole
+    assert list(tmp_path.iterdir()) == [out]  # and nothing half-written beside it

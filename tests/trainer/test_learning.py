@@ -177,6 +177,33 @@ def test_killed_mid_step_resumes_from_the_last_completed_step(
     assert final.step == 4 and adam_steps == {4}  # optimizer state carried over
 
 
+def test_a_step_trains_on_the_trajectories_the_engine_returned(
+    tiny_model: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.loop
+    from rollout.engine import RolloutResult, run_rollouts
+
+    returned: list[RolloutResult] = []
+
+    async def then_corrupt(*args: Any, **kwargs: Any) -> RolloutResult:
+        result = await run_rollouts(*args, **kwargs)
+        out: Path = args[4]
+        out.write_text("not a trajectory\n")  # a step that re-read its file would fail here
+        returned.append(result)
+        return result
+
+    monkeypatch.setattr(trainer.loop, "run_rollouts", then_corrupt)
+    out = tmp_path / "run"
+    asyncio.run(train(config(tiny_model, dataset, out, steps=1), echo=False))
+    (result,) = returned
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["reward_mean"] == pytest.approx(result.summary.reward.mean)
+    groups = result.groups()
+    zero_signal = sum(1 for g in groups if not g.has_signal) / len(groups)
+    assert record["zero_signal"] == pytest.approx(zero_signal)
+    assert len(groups) == 4 and all(len(g.trajectories) == 8 for g in groups)
+
+
 class _Row:
     def __init__(self, id: str) -> None:
         self.id = id
