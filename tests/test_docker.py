@@ -38,7 +38,8 @@ SEARCH = {
     "arguments": {"query": "Henderson Industries Q3 2025 operating margin", "top_k": 3},
     "call_id": "c1",
 }
-MCP_SERVE = ["toolgym", "serve", "--corpus", "/data/corpus", "--transport", "mcp"]
+MCP_SERVE = ["python", "-m", "toolservers", "serve", "--corpus", "/data/corpus"]
+MCP_SERVE += ["--transport", "mcp"]
 MCP_SERVE += ["--host", "0.0.0.0", "--port", "8081"]
 MCP_HEALTH = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/health')"
 MCP_HEADERS = {"Accept": "application/json, text/event-stream"}

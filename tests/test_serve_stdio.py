@@ -1,5 +1,6 @@
-"""`toolgym serve --transport stdio` as a real subprocess: MCP on stdout and nothing else, an
-honest note on stderr (no host, no port, no INSECURE banner), and no token asked for."""
+"""`serve --transport stdio` as a real subprocess: MCP on stdout and nothing else, an honest
+note on stderr (no host, no port, no INSECURE banner), and no token asked for. Both commands
+that carry the verb: `toolgym serve` and the tool servers' own `python -m toolservers serve`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from toolservers.service import open_toolbox
 from toolservers.tools import openai_tool_specs
 
 TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
+TOOLSERVERS = [sys.executable, "-m", "toolservers"]  # what an MCP client may start instead
 STARTUP_S = 60  # a cold `toolgym` import takes a few seconds on a busy 2-core machine
 # Words of the network banners: none of them is true of a pipe.
 NETWORK_WORDS = ("listening", "INSECURE", "127.0.0.1", "http://", "--host")
@@ -105,7 +107,7 @@ def test_stdout_carries_only_json_rpc_and_a_token_is_not_needed(
         "clientInfo": {"name": "raw-test", "version": "0"},
     }
     process = subprocess.Popen(
-        [TOOLGYM, *serve_args(indexed_small_corpus)],
+        [*TOOLSERVERS, *serve_args(indexed_small_corpus)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

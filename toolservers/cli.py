@@ -1,4 +1,11 @@
-"""`toolgym corpus|index|serve` subcommands. Thin: parse, call one function, report."""
+"""The tool servers' verbs, `corpus|index|serve|demo tools`: parse, call one function, report.
+
+Two commands carry them: `toolgym` (trainer/cli.py adds every package's verbs) and
+`python -m toolservers` (`main` below: these verbs alone, importing nothing from envs,
+rollout or trainer, which is what the Docker image and the demo's server processes run).
+The parser class and the one-line error handling both commands share live here too, since
+toolservers is the package every other one may import and that imports none of them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from toolservers.errors import ToolServerError
 
@@ -17,6 +25,25 @@ if TYPE_CHECKING:
     from toolservers.tools import Toolbox
 
 DEFAULT_READ_BUDGET = 8000
+# What these verbs fail with on purpose; `toolgym` knows the union of every package's ERRORS.
+# serve's StartupRefusedError is raised as a ToolServerError by cmd_serve (importing
+# toolservers.serve here would load uvicorn, FastAPI and MCP for every `--help`).
+ERRORS: tuple[type[BaseException], ...] = (
+    ToolServerError,
+    OSError,  # a path that is missing or unwritable, a port in use
+)
+STANDALONE_PROG = "python -m toolservers"
+
+
+def build_parser(prog: str = STANDALONE_PROG) -> argparse.ArgumentParser:
+    """`python -m toolservers`: the tool-server verbs only."""
+    parser = ToolgymParser(prog=prog, description="toolgym's tool servers: corpus, index, serve.")
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="<verb>"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_verb(build_parser(), argv, ERRORS)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
@@ -155,7 +182,14 @@ def cmd_index_train_model(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from toolservers.serve import Listener, Transport, resolve_tokens, serve, serve_stdio
+    from toolservers.serve import (
+        Listener,
+        StartupRefusedError,
+        Transport,
+        resolve_tokens,
+        serve,
+        serve_stdio,
+    )
 
     if args.read_budget < 200:
         raise ToolServerError("--read-budget must be at least 200 characters")
@@ -167,7 +201,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             toolbox = _open_toolbox(args)
         serve_stdio(toolbox)
         return 0
-    tokens, host = resolve_tokens(args.insecure_no_auth, args.host)
+    try:
+        tokens, host = resolve_tokens(args.insecure_no_auth, args.host)
+    except StartupRefusedError as exc:  # one of this package's known failures (see ERRORS)
+        raise ToolServerError(str(exc)) from None
     toolbox = _open_toolbox(args)
     serve(toolbox, Listener(transport, host, args.port), tokens, access_log=args.access_log)
     return 0
@@ -190,3 +227,76 @@ def cmd_demo_tools(args: argparse.Namespace) -> int:
 
     run_tools_demo(args.workdir, args.http_port, args.mcp_port, check_only=args.check)
     return 0
+
+
+# ---- shared by `toolgym` and `python -m toolservers` ----------------------------------------
+
+# A word that starts like a negative figure: -12.6%, -1,234, -$5, -.5, -1e-3.
+NEGATIVE_VALUE = re.compile(r"-(?:[$€£¥]\s?)?\.?\d")
+
+
+class ToolgymParser(argparse.ArgumentParser):
+    """argparse with two changes, inherited by every verb's parser (subparsers are made with
+    the parent's class): option values may be negative figures, and a usage error is one
+    line, like every other error of the CLI."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse reads any word starting with "-" as an option unless it is a plain number
+        # ("-12.6"), so `--reference -12.6%` failed with "expected one argument". No toolgym
+        # option starts with "-" and a digit, so such a word is always a value. This is the
+        # attribute argparse decides it with; Python 3.13 widened it the same way.
+        self._negative_number_matcher = NEGATIVE_VALUE
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def run_verb(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    known: tuple[type[BaseException], ...],
+) -> int:
+    """Parse, run the verb; a known failure prints one line (no traceback) and exits 2."""
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        failure = known_failure(exc, known)
+        if failure is None:
+            raise  # a bug: the traceback is what is needed
+        print(f"{parser.prog}: error: {one_line(str(failure))}", file=sys.stderr)
+        return 2
+
+
+def known_failure(
+    exc: BaseException, known: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """`exc` when it is a known failure, else None. Concurrent workers (the rollout engine's
+    task group) fail together in an exception group: when every failure in it is known, the
+    first one stands for all (they are typically the same dead server or missing setting)."""
+    if isinstance(exc, known):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = _leaves(exc)
+        if leaves and all(isinstance(leaf, known) for leaf in leaves):
+            return leaves[0]
+    return None
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+def one_line(message: str) -> str:
+    """An error message on one line: "N problems in dataset:" and its indented list become
+    "N problems in dataset: a; b", so a terminal or a log shows every error as one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"

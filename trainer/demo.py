@@ -3,16 +3,22 @@
 1. corpus and questions   2. embedding model + search index (recall@5 reported)
 3. HTTP + MCP tool servers with a fresh token   4. a small policy, warm-started by SFT on
 demonstration episodes, then the prior check   5. GRPO with LoRA   6. base vs tuned on val
-7. where everything is. Each step prints the `toolgym` command it runs, so any step can be
-repeated by hand; the servers it started are stopped at the end, also on errors.
+7. where everything is. Each step calls the library functions behind a `toolgym` verb and
+uses what they return; it first prints that `toolgym` command, so any step can be repeated by
+hand. The servers it started are stopped at the end, also on errors.
+
+Settings reach each step as arguments, never through os.environ: the tool servers' token is
+handed to the in-process environments at registration (`register_yaml(..., token=)`); only
+the server processes read it from TOOL_BEARER, as `toolgym serve` does. The environment file
+written for the user names TOOL_BEARER, so the printed commands work in a shell that exports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,10 +27,19 @@ from typing import Any
 
 import yaml
 
-from trainer.demo_data import DemoData, prepare_data, prepare_search
+from envs.registry import YAML_PATH_ENV, register_yaml
+from rollout.engine import RolloutSettings
+from rollout.environments import EnvPool
+from rollout.evaluate import EvalOutcome, EvalRequest, run_eval
+from rollout.policy import SamplingParams
+from rollout.policy_spec import LocalSpec
+from rollout.prior_check import PriorCheckRun, run_prior_check
+from trainer.config import load_config
+from trainer.demo_data import DemoData, prepare_data, prepare_search, show_command
 from trainer.demo_policy import PolicyShape, build_policy, record_demos
 from trainer.demo_servers import ToolServers
 from trainer.errors import TrainerError
+from trainer.train import TrainResult, train
 from trainer.warmstart import WarmStartSettings, warm_start
 
 ENV_ID = "demo/FilingsLookup-v0"
@@ -82,19 +97,6 @@ class Steps:
         return time.monotonic() - self.started
 
 
-def toolgym(*argv: str | Path | float, check: bool = True) -> int:
-    """Run one `toolgym` verb in this process, showing the command first; a failure (non-zero
-    exit) stops the demo unless `check` is off."""
-    from trainer.cli import main
-
-    args = [str(a) for a in argv]
-    print("$ toolgym " + " ".join(args), flush=True)
-    code = main(args)
-    if check and code != 0:
-        raise TrainerError(f"demo stopped: `toolgym {args[0]}` failed (exit {code}); see above")
-    return code
-
-
 def write_env_file(path: Path, dataset: Path, tools_url: str, settings: DemoSettings) -> None:
     """A no-code environment (see README "Adding an environment"), registered by file."""
     spec = {
@@ -116,12 +118,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     steps = Steps(7)
     result = DemoResult()
     steps.begin("corpus and questions")
-    data = prepare_data(work, settings.seed, settings.lookup_rows, toolgym)
+    data = prepare_data(work, settings.seed, settings.lookup_rows)
     steps.begin("embedding model trained on the corpus, search index")
-    result.figures["recall_at_5"] = round(prepare_search(work, data, toolgym), 3)
+    result.figures["recall_at_5"] = round(prepare_search(work, data), 3)
     steps.begin("tool servers (HTTP + MCP) with a fresh bearer token")
     token = secrets.token_urlsafe(24)
-    os.environ["TOOL_BEARER"] = token  # the verbs below read it, as a user's shell would
     with ToolServers(
         data.corpus,
         token,
@@ -129,10 +130,11 @@ def run_demo(settings: DemoSettings) -> DemoResult:
         http_port=settings.http_port,
         mcp_port=settings.mcp_port,
     ) as servers:
-        print(f"HTTP {servers.http_url}   MCP {servers.mcp_url}   (token in TOOL_BEARER)")
+        print(f"HTTP {servers.http_url}   MCP {servers.mcp_url}")
         env_file = work / "env.yaml"
         write_env_file(env_file, data.train, servers.http_url, settings)
-        _register(env_file)
+        print(f"registered {register_yaml(env_file, token=token)} from {env_file}")
+        print(_shell_setup(token, env_file))
         _run_with_servers(settings, steps, result, work, data, servers)
     steps.finish()
     result.figures["minutes"] = round(steps.elapsed() / 60, 1)
@@ -141,11 +143,14 @@ def run_demo(settings: DemoSettings) -> DemoResult:
     return result
 
 
-def _register(env_file: Path) -> None:
-    from envs.registry import YAML_PATH_ENV, register_yaml
-
-    os.environ[YAML_PATH_ENV] = str(env_file)
-    print(f"registered {register_yaml(env_file)} from {env_file}")
+def _shell_setup(token: str, env_file: Path) -> str:
+    """What a shell needs for the `toolgym` commands the demo prints (the demo itself passes
+    the token and the environment in-process, and sets neither variable)."""
+    exports = f"TOOL_BEARER={shlex.quote(token)} {YAML_PATH_ENV}={shlex.quote(str(env_file))}"
+    return (
+        "the `toolgym` commands below read the token and the environment file from the shell; "
+        f"to run one by hand while the servers are up:\n  export {exports}"
+    )
 
 
 def _run_with_servers(
@@ -165,13 +170,8 @@ def _run_with_servers(
         print(f"{len(demos)} demonstration episodes played over MCP ({servers.mcp_url})")
         initial = build_policy(work / "policy-init", demos, settings.shape, settings.seed)
         warm_start(initial, demos, policy, settings.warm)
-    prior = work / "prior-check.jsonl"
-    toolgym(  # its exit code is its verdict; the gate below is the demo's own
-        "prior-check", "--env", ENV_ID, "--policy", "local", "--model", policy,
-        "--rows", settings.prior_rows, "--attempts", settings.prior_attempts,
-        "--max-tokens", 80, "--concurrency", 64, "--out", prior, check=False,
-    )  # fmt: skip
-    result.figures["prior_check"] = _prior_figures(prior)
+    prior = _prior_check_step(settings, policy, work / "prior-check.jsonl")
+    result.figures["prior_check"] = prior_figures(prior)
     # GRPO needs rows it sometimes solves; the verdict's stricter shares are advice, this is not
     if settings.require_signal and not result.figures["prior_check"].get("in_band"):
         raise TrainerError(
@@ -182,49 +182,133 @@ def _run_with_servers(
     run_dir = work / "grpo"
     for old in (run_dir, work / "eval"):  # a new policy: earlier results no longer apply
         shutil.rmtree(old, ignore_errors=True)
-    toolgym(
-        "train", "--config", CONFIG,
-        "--set", f"base_model={policy}", "--set", f"environment.id={ENV_ID}",
-        "--set", f"train_dataset={data.train}", "--set", f"val_dataset={data.val}",
-        "--set", f"output_dir={run_dir}", "--set", f"seed={settings.seed}",
-        *[x for item in settings.grpo_overrides for x in ("--set", item)],
-    )  # fmt: skip
-    adapter = sorted((run_dir / "adapters").glob("v*"))[-1]
+    trained = _train_step(settings, policy, data, run_dir)
     steps.begin("evaluation: warm-started (base) vs GRPO-tuned on the val rows")
     eval_dir = work / "eval"
-    some_rows: list[str | float] = ["--n", settings.eval_rows] if settings.eval_rows else []
-    toolgym(
-        "eval", "--env", ENV_ID, "--dataset", data.val, "--base", policy,
-        "--tuned", f"{policy}+{adapter}", "--attempts", settings.eval_attempts,
-        "--temperature", 1.0, "--max-tokens", 80, "--out", eval_dir, *some_rows,
-    )  # fmt: skip
+    outcome = _eval_step(settings, policy, trained.adapter, data, eval_dir)
     steps.begin("results")
-    result.figures |= _eval_figures(eval_dir)
+    result.figures |= eval_figures(outcome)
     result.paths = {
-        "report": str(eval_dir / "report.html"),
+        "report": str(outcome.report.html),
         "plots": str(eval_dir),
-        "training curves": str(run_dir / "curves.png"),
+        "training curves": str(trained.curves),
         "trajectories": str(run_dir / "rollouts"),
-        "per-sample results": str(eval_dir / "samples.jsonl"),
-        "adapter": str(adapter),
+        "per-sample results": str(outcome.samples),
+        "adapter": str(trained.adapter),
     }
 
 
-def _prior_figures(path: Path) -> dict[str, Any]:
-    from rollout.prior_check import prior_check
-    from rollout.store import read_groups
+def train_overrides(
+    settings: DemoSettings, policy: Path, data: DemoData, run_dir: Path
+) -> list[str]:
+    """The demo's `--set` items over configs/demo-cpu.yaml: what it trains, and where."""
+    return [
+        f"base_model={policy}", f"environment.id={ENV_ID}", f"train_dataset={data.train}",
+        f"val_dataset={data.val}", f"output_dir={run_dir}", f"seed={settings.seed}",
+        *settings.grpo_overrides,
+    ]  # fmt: skip
 
-    if not path.is_file():
-        return {}
-    check = prior_check(read_groups(path))
+
+def train_command(overrides: list[str]) -> list[str]:
+    """`toolgym train` over the demo's config with `overrides`: what `_train_step` runs."""
+    return ["train", "--config", str(CONFIG), *[w for item in overrides for w in ("--set", item)]]
+
+
+def _train_step(settings: DemoSettings, policy: Path, data: DemoData, run_dir: Path) -> TrainResult:
+    overrides = train_overrides(settings, policy, data, run_dir)
+    show_command(*train_command(overrides))
+    trained = asyncio.run(train(load_config(CONFIG, overrides)))
+    print(f"adapter {trained.version}: {trained.adapter}")
+    return trained
+
+
+def prior_check_command(settings: DemoSettings, policy: Path, out: Path) -> list[str]:
+    """`toolgym prior-check` with what `prior_check_inputs` holds: what the step runs."""
+    return [
+        "prior-check", "--env", ENV_ID, "--policy", "local", "--model", str(policy),
+        "--rows", str(settings.prior_rows), "--attempts", str(settings.prior_attempts),
+        "--max-tokens", "80", "--concurrency", "64", "--seed", str(settings.seed),
+        "--out", str(out),
+    ]  # fmt: skip
+
+
+def prior_check_inputs(settings: DemoSettings, policy: Path) -> tuple[LocalSpec, RolloutSettings]:
+    """The policy and the rollout settings of the prior check (the CLI's defaults otherwise)."""
+    rollout = RolloutSettings(
+        env_id=ENV_ID,
+        group_size=settings.prior_attempts,
+        concurrency=64,
+        sampling=SamplingParams(max_tokens=80),
+        seed=settings.seed,
+    )
+    return LocalSpec(policy), rollout
+
+
+def eval_command(
+    settings: DemoSettings, policy: Path, adapter: Path, data: DemoData, eval_dir: Path
+) -> list[str]:
+    """`toolgym eval` with what `eval_request` holds: what the step runs."""
+    some_rows = ["--n", str(settings.eval_rows)] if settings.eval_rows else []
+    return [
+        "eval", "--env", ENV_ID, "--dataset", str(data.val), "--base", str(policy),
+        "--tuned", f"{policy}+{adapter}", "--attempts", str(settings.eval_attempts),
+        "--temperature", "1.0", "--max-tokens", "80", "--seed", str(settings.seed),
+        "--out", str(eval_dir), *some_rows,
+    ]  # fmt: skip
+
+
+def eval_request(
+    settings: DemoSettings, policy: Path, adapter: Path, data: DemoData, eval_dir: Path
+) -> EvalRequest:
+    return EvalRequest(
+        env_id=ENV_ID,
+        dataset=data.val,
+        out=eval_dir,
+        base=LocalSpec(policy),
+        tuned=LocalSpec(policy, adapter),
+        n=settings.eval_rows,
+        attempts=settings.eval_attempts,
+        temperature=1.0,
+        max_tokens=80,
+        seed=settings.seed,
+    )
+
+
+def _prior_check_step(settings: DemoSettings, policy: Path, out: Path) -> PriorCheckRun:
+    """K rows x N attempts of the warm-started policy. The check's own verdict is printed; the
+    demo's gate (in_band) is applied by the caller."""
+    show_command(*prior_check_command(settings, policy, out))
+    spec, rollout = prior_check_inputs(settings, policy)
+
+    async def check() -> PriorCheckRun:
+        pool = EnvPool(ENV_ID)
+        try:
+            return await run_prior_check(pool, spec, rollout, rows=settings.prior_rows, out=out)
+        finally:
+            await pool.aclose()
+
+    run = asyncio.run(check())
+    print(run.report())
+    return run
+
+
+def _eval_step(
+    settings: DemoSettings, policy: Path, adapter: Path, data: DemoData, eval_dir: Path
+) -> EvalOutcome:
+    """Base (warm-started) vs tuned (its GRPO adapter) on the val rows."""
+    show_command(*eval_command(settings, policy, adapter, data, eval_dir))
+    outcome = asyncio.run(run_eval(eval_request(settings, policy, adapter, data, eval_dir)))
+    print(outcome.terminal())
+    return outcome
+
+
+def prior_figures(run: PriorCheckRun) -> dict[str, Any]:
+    check = run.result
     return {"rows": check.rows, "in_band": check.in_band, "signal_share": check.signal_share}
 
 
-def _eval_figures(eval_dir: Path) -> dict[str, Any]:
-    from rollout.evaluate import load_and_compare
-
-    comparison, _, _ = load_and_compare(eval_dir)
-    summary = comparison.summary
+def eval_figures(outcome: EvalOutcome) -> dict[str, Any]:
+    summary = outcome.comparison.summary
     return {
         "val_rows": summary.rows,
         "val_reward_base": round(summary.base_reward, 3),

@@ -1,7 +1,10 @@
-"""The demo's tool servers: `toolgym serve` over HTTP and MCP, each in its own process.
+"""The demo's tool servers: `python -m toolservers serve` over HTTP and MCP, each in its own
+process.
 
 They run as separate processes, as they would in production, so every tool call the demo
-makes crosses a real socket with the bearer token. Their logs go to files; a server that
+makes crosses a real socket with the bearer token, which each server reads from TOOL_BEARER in
+its own environment. `python -m toolservers` is `toolgym serve` without envs, rollout or
+trainer: a server process loads only the tool servers. Their logs go to files; a server that
 dies while starting fails the demo with the tail of its log.
 """
 
@@ -57,7 +60,7 @@ class ToolServers:
         return f"http://{HOST}:{self.mcp_port}/mcp"
 
     def _command(self, transport: str, port: int) -> list[str]:
-        command = [sys.executable, "-m", "trainer.cli", "serve", "--corpus", str(self.corpus)]
+        command = [sys.executable, "-m", "toolservers", "serve", "--corpus", str(self.corpus)]
         command += ["--transport", transport, "--host", HOST, "--port", str(port)]
         if self.read_budget:
             command += ["--read-budget", str(self.read_budget)]

@@ -32,6 +32,11 @@ class TrainResult:
     metrics: Path
     curves: Path
 
+    @property
+    def adapter(self) -> Path:
+        """The last published adapter: the run's result."""
+        return self.output_dir / "adapters" / self.version
+
 
 def make_policy(config: TrainConfig) -> Policy:
     """The rollout policy for `config.policy`, built by the same factory as every CLI verb."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 
 import gymnasium as gym
 import httpx
 import pytest
 
+from trainer.cli import build_parser
 from trainer.demo import ENV_ID, DemoSettings, run_demo
 from trainer.demo_policy import PolicyShape
 from trainer.warmstart import WarmStartSettings
@@ -19,9 +22,9 @@ from trainer.warmstart import WarmStartSettings
 def test_the_demo_runs_every_step_and_stops_its_servers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the demo sets these for the verbs it runs, as a user's shell would; undo that afterwards
-    monkeypatch.setenv("TOOL_BEARER", "unused")
-    monkeypatch.setenv("TOOLGYM_ENVS", "")
+    # the demo hands its settings to each step: it neither needs nor sets these variables
+    monkeypatch.delenv("TOOL_BEARER", raising=False)
+    monkeypatch.delenv("TOOLGYM_ENVS", raising=False)
     settings = DemoSettings(
         workdir=tmp_path / "demo",
         lookup_rows=200,
@@ -38,12 +41,19 @@ def test_the_demo_runs_every_step_and_stops_its_servers(
         result = run_demo(settings)
     finally:
         gym.registry.pop(ENV_ID, None)
+    assert "TOOL_BEARER" not in os.environ and "TOOLGYM_ENVS" not in os.environ
     out = capsys.readouterr().out
     for step in range(1, 8):
         assert f"[{step}/7]" in out
     for verb in ("corpus synth", "data build", "index train-model", "index build", "prior-check",
                  "train --config", "eval --env"):  # fmt: skip
         assert f"$ toolgym {verb}" in out
+    # every command it printed is one a user can type: `toolgym` parses it
+    parser = build_parser()
+    for line in out.splitlines():
+        if line.startswith("$ toolgym "):
+            parser.parse_args(shlex.split(line.removeprefix("$ toolgym ")))
+    assert "export TOOL_BEARER=" in out
     work = settings.workdir
     summary = json.loads((work / "demo-summary.json").read_text())
     assert summary["recall_at_5"] >= 0.9

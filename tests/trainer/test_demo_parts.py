@@ -1,10 +1,14 @@
-"""Pieces of `toolgym demo run`: the demo's rows, its tool servers, the `--count` option."""
+"""Pieces of `toolgym demo run`: the demo's rows, its tool servers, the `--count` option, the
+commands it prints, the token it hands its environments."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import socket
 from pathlib import Path
 
+import gymnasium as gym
 import httpx
 import pytest
 
@@ -12,7 +16,20 @@ from envs.data.build import build_dataset, parse_counts
 from envs.data.metrics import METRICS
 from envs.data.oracle import recipe_of
 from envs.data.rows import DatasetError, load_rows
-from trainer.demo_data import _select, is_quarterly_statement_lookup
+from envs.registry import register_yaml
+from testkit import TOKENS, LiveServer
+from trainer.cli import build_parser
+from trainer.demo import (
+    CONFIG,
+    ENV_ID,
+    DemoSettings,
+    eval_command,
+    prior_check_command,
+    train_command,
+    train_overrides,
+    write_env_file,
+)
+from trainer.demo_data import DemoData, _select, is_quarterly_statement_lookup, show_command
 from trainer.demo_servers import ToolServers
 from trainer.errors import TrainerError
 
@@ -63,3 +80,71 @@ def test_a_server_that_cannot_start_fails_with_its_log(
         servers = ToolServers(corpus_dir, "demo-token-123456", tmp_path / "logs", http_port=port)
         with pytest.raises(TrainerError, match="exited while starting"):
             servers.__enter__()
+
+
+def printed_argv(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The words of the one `$ toolgym ...` line printed since the last read."""
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("$ toolgym ")
+    return shlex.split(line.removeprefix("$ toolgym "))
+
+
+def test_the_commands_the_demo_prints_parse_as_toolgym_commands_of_what_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "a work dir"  # a space: the printed command must quote it
+    data = DemoData(*(work / name for name in ("corpus", "all-t", "all-v", "t.jsonl", "v.jsonl")))
+    settings = DemoSettings(workdir=work, grpo_overrides=["steps=10"], eval_rows=5)
+    policy, adapter = work / "policy", work / "grpo" / "adapters" / "v0003"
+    parser = build_parser()
+
+    overrides = train_overrides(settings, policy, data, work / "grpo")
+    show_command(*train_command(overrides))
+    args = parser.parse_args(printed_argv(capsys))
+    assert (args.command, args.config, args.set) == ("train", CONFIG, overrides)
+    assert f"base_model={policy}" in args.set and args.set[-1] == "steps=10"
+
+    show_command(*prior_check_command(settings, policy, work / "prior.jsonl"))
+    args = parser.parse_args(printed_argv(capsys))
+    assert (args.command, args.env, args.policy, args.model) == (
+        "prior-check", ENV_ID, "local", str(policy),
+    )  # fmt: skip
+    assert (args.rows, args.attempts, args.out) == (16, 8, work / "prior.jsonl")
+
+    show_command(*eval_command(settings, policy, adapter, data, work / "eval"))
+    args = parser.parse_args(printed_argv(capsys))
+    assert (args.command, args.env, args.dataset, args.n) == ("eval", ENV_ID, data.val, 5)
+    assert (args.base, args.tuned) == (str(policy), f"{policy}+{adapter}")
+
+    show_command("index", "build", "--corpus", data.corpus, "--chunk-chars", 300)
+    args = parser.parse_args(printed_argv(capsys))
+    assert (args.corpus, args.chunk_chars) == (data.corpus, 300)
+
+
+@pytest.mark.usefixtures("forget_new_envs")
+def test_the_demo_env_presents_the_token_it_was_registered_with(
+    corpus_dir: Path, http_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No TOOL_BEARER anywhere: the token reaches the in-process environments as an argument,
+    while the file written for the user still names TOOL_BEARER for the printed commands."""
+    monkeypatch.delenv("TOOL_BEARER", raising=False)
+    build_dataset(corpus_dir, tmp_path, seed=0, counts={"lookup": 40})
+    rows = tmp_path / "demo.jsonl"
+    _select(tmp_path / "train.jsonl", rows)
+    env_file = tmp_path / "env.yaml"
+    write_env_file(env_file, rows, http_server.url, DemoSettings())
+    assert "token_env: TOOL_BEARER" in env_file.read_text()
+    assert TOKENS[0] not in env_file.read_text()
+
+    assert register_yaml(env_file, token=TOKENS[0]) == ENV_ID
+    env = gym.make(ENV_ID)
+    try:
+        env.reset(seed=0)
+        call = {"name": "list", "arguments": json.dumps({})}
+        observation, *_ = env.step(
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c0", "type": "function", "function": call}]}
+        )  # fmt: skip
+    finally:
+        env.close()
+    assert "documents under" in str(observation[0]["content"])
