@@ -109,6 +109,12 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--rows", type=positive_int, default=32, help="rows sampled (K)")
     check.add_argument("--attempts", type=positive_int, default=8, help="attempts per row (N)")
     check.add_argument("--threshold", type=fraction, default=0.5, help="reward counted a success")
+    check.add_argument(
+        "--min-headroom",
+        type=fraction,
+        default=None,
+        help="fail (exit 1) when pass@N - pass@1, about the most RL can win, is below this",
+    )
     check.add_argument("--out", type=Path, help="keep the trajectories here")
     check.set_defaults(func=cmd_prior_check)
 
@@ -225,6 +231,7 @@ async def _prior_check(args: argparse.Namespace) -> PriorCheckRun:
             settings,
             rows=args.rows,
             threshold=args.threshold,
+            min_headroom=args.min_headroom,
             out=args.out,
         )
     finally:

@@ -4,6 +4,10 @@ K rows, N attempts each. A row the policy always solves or never solves gives ev
 the same reward: a group-relative advantage of zero, nothing to learn. The share of rows whose
 success rate sits inside the signal band is what GRPO can work with.
 
+GRPO sharpens what the policy can sometimes do, so the most it can hope to win on these rows is
+about the headroom pass@N - pass@1 (see rollout.summary.PassRates). `min_headroom` turns that
+into a gate: below it, the rows are judged not worth training on.
+
     run = await run_prior_check(pool, spec, RolloutSettings(group_size=8, seed=0), rows=32)
     run.result.learnable, run.report()
 """
@@ -19,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.policy_spec import PolicySpec, open_policy
-from rollout.summary import RolloutSummary
+from rollout.summary import PassRates, RolloutSummary, pass_rates
 from rollout.trajectory import TrajectoryGroup
 
 if TYPE_CHECKING:  # the pool's module loads every environment: only its type is needed here
@@ -47,6 +51,10 @@ class PriorCheck(BaseModel):
     in_band: int
     signal_share: float
     failed_episodes: int
+    pass_at_1: float  # expected success of one attempt (mean of the rows' success rates)
+    pass_at_k: float  # k = attempts_per_row: share of rows solved at least once
+    headroom: float  # pass_at_k - pass_at_1: about the most RL can win on these rows
+    min_headroom: float | None = None  # the gate asked for, if any
     verdict: str
     learnable: bool
     outcomes: list[RowOutcome] = Field(default_factory=list)
@@ -63,6 +71,8 @@ class PriorCheck(BaseModel):
                 f"  in the signal band ({low:.0%}-{high:.0%} success): {self.in_band} "
                 f"= {self.signal_share:.0%} of rows",
                 f"  failed episodes (not counted): {self.failed_episodes}",
+                f"pass@1 {self.pass_at_1:.3f}  pass@{self.attempts_per_row} {self.pass_at_k:.3f}  "
+                f"headroom {self.headroom:.3f} (the most RL can hope to win on these rows)",
                 f"verdict: {self.verdict}",
             ]
         )
@@ -90,12 +100,22 @@ def _verdict(always: float, never: float, share: float) -> tuple[str, bool]:
     )
 
 
+def _headroom_verdict(rates: PassRates, min_headroom: float) -> str:
+    return (
+        f"too little headroom: {rates.headroom:.3f} (pass@{rates.k} {rates.pass_at_k:.3f} - "
+        f"pass@1 {rates.pass_at_1:.3f}) is below the minimum of {min_headroom:.3f} asked for, "
+        "and RL can win at most about that much on these rows"
+    )
+
+
 def prior_check(
     groups: list[TrajectoryGroup],
     *,
     success_threshold: float = 0.5,
     band: tuple[float, float] = (0.1, 0.9),
+    min_headroom: float | None = None,
 ) -> PriorCheck:
+    """Judge the groups; with `min_headroom`, a headroom below it also makes them unlearnable."""
     outcomes = []
     failed = 0
     for group in groups:
@@ -120,6 +140,11 @@ def prior_check(
     in_band = sum(1 for o in outcomes if low <= o.success_rate <= high)
     share = in_band / count if count else 0.0
     verdict, learnable = _verdict(always / max(count, 1), never / max(count, 1), share)
+    rates = pass_rates((o.successes, o.attempts) for o in outcomes)
+    if min_headroom is not None and rates.headroom < min_headroom:
+        # Said first when the buckets looked fine; after their advice when they did not.
+        gate = _headroom_verdict(rates, min_headroom)
+        verdict, learnable = (gate if learnable else f"{verdict}; and {gate}"), False
     if not count:
         verdict, learnable = "no row could be scored: every episode failed (see errors)", False
     return PriorCheck(
@@ -133,6 +158,10 @@ def prior_check(
         in_band=in_band,
         signal_share=share,
         failed_episodes=failed,
+        pass_at_1=rates.pass_at_1,
+        pass_at_k=rates.pass_at_k,
+        headroom=rates.headroom,
+        min_headroom=min_headroom,
         verdict=verdict,
         learnable=learnable,
         outcomes=outcomes,
@@ -162,9 +191,11 @@ async def run_prior_check(
     *,
     rows: int,
     threshold: float = 0.5,
+    min_headroom: float | None = None,
     out: Path | None = None,
 ) -> PriorCheckRun:
-    """`rows` rows drawn with `settings.seed`, `settings.group_size` attempts each, judged.
+    """`rows` rows drawn with `settings.seed`, `settings.group_size` attempts each, judged
+    (with `min_headroom`, a headroom below it is a verdict of its own: see `prior_check`).
 
     The trajectories are kept in `out` when given (a rerun resumes it), else in a scratch file
     that is deleted. The caller owns `pool`; the policy is opened and closed here.
@@ -179,4 +210,5 @@ async def run_prior_check(
             played = await run_rollouts(chosen, pool.factory(), policy, settings, path)
     finally:
         await policy.aclose()
-    return PriorCheckRun(played, prior_check(played.groups(), success_threshold=threshold))
+    check = prior_check(played.groups(), success_threshold=threshold, min_headroom=min_headroom)
+    return PriorCheckRun(played, check)

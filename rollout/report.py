@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rollout.compare import Comparison, SampleComparison, by_row
-from rollout.report_plots import plot_files, worst_slice
+from rollout.compare import (
+    Comparison,
+    SampleComparison,
+    SliceStats,
+    by_row,
+    shown_slices,
+    worst_slice,
+)
+from rollout.report_plots import plot_files
+from rollout.summary import PassRates
 from rollout.trajectory import Trajectory
 
 TOOL_RESULT_CHARS = 400
@@ -38,6 +46,13 @@ def _num(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "—"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _meta(value: Any) -> str:
+    """A metadata value as a person reads it: a list as its items, not as Python's repr."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
 
 
 def _cut(text: str, limit: int) -> str:
@@ -139,7 +154,7 @@ class _Rows:
 
 def _sample_html(sample: SampleComparison, rows: _Rows, collapsed: bool) -> str:
     base, tuned = rows.base.get(sample.id, []), rows.tuned.get(sample.id, [])
-    meta = ", ".join(f"{k}={v}" for k, v in sorted(sample.metadata.items()))
+    meta = "; ".join(f"{k}={_meta(v)}" for k, v in sorted(sample.metadata.items()))
     head = (
         f"<b>{_e(sample.id)}</b> · {_num(sample.base.reward)} → {_num(sample.tuned.reward)} "
         f"(<span class='{sample.outcome}'>{_num(sample.reward_delta, True)}</span>) · "
@@ -175,28 +190,102 @@ def _summary_html(comparison: Comparison) -> str:
     return (
         f'<h2>Summary</h2><p class="muted">{s.rows} rows, {s.compared} with a reward on both '
         f"sides; tolerance {comparison.tolerance:g}, solved at ≥ {comparison.solved_threshold:g}"
-        f'</p><div class="cards">{cards}</div>'
+        f'</p><div class="cards">{cards}</div>{_pass_html(comparison)}'
     )
 
 
-def _slices_html(comparison: Comparison) -> str:
-    if not comparison.slices:
-        return '<h2>Slices</h2><p class="muted">no metadata key to slice by</p>'
-    parts = ["<h2>Slices</h2>"]
-    for key, stats in sorted(comparison.slices.items()):
-        worst = worst_slice(stats)
+def _pass_html(comparison: Comparison) -> str:
+    s = comparison.summary
+    k = max(s.base_pass.k, s.tuned_pass.k)
+    sides = (("base", s.base_pass), ("tuned", s.tuned_pass))
+    if k <= 1:  # one attempt: pass@k is pass@1 and the headroom 0 by construction
+        head = "<th>policy</th><th>pass@1</th>"
+        rows = "".join(f"<tr><td>{n}</td><td>{_num(r.pass_at_1)}</td></tr>" for n, r in sides)
+    else:
+        head = f"<th>policy</th><th>pass@1</th><th>pass@{k}</th><th>headroom</th>"
         rows = "".join(
-            f"<tr{' class=worst' if s is worst else ''}><td>{_e(s.value)}</td><td>{s.n}</td>"
-            f"<td>{_num(s.base_reward)}</td><td>{_num(s.tuned_reward)}</td>"
-            f"<td>{_num(s.reward_delta, True)}</td><td>{s.improved}</td><td>{s.regressed}</td></tr>"
-            for s in stats
+            f"<tr><td>{n}</td><td>{_num(r.pass_at_1)}</td><td>{_num(r.pass_at_k)}</td>"
+            f"<td>{_num(r.headroom)}</td></tr>"
+            for n, r in sides
         )
-        parts.append(
-            f"<h3>{_e(key)} <span class=muted>spread {comparison.slice_spread[key]:.3f}</span></h3>"
-            "<table><tr><th>value</th><th>n</th><th>base</th><th>tuned</th><th>delta</th>"
-            f"<th>improved</th><th>regressed</th></tr>{rows}</table>"
+    return (
+        f"<h3>pass@1, pass@k, headroom</h3><table><tr>{head}</tr>{rows}</table>"
+        f'<p class="muted">{_e(_pass_note(comparison))}</p>'
+    )
+
+
+def _pass_note(comparison: Comparison) -> str:
+    """What the pass figures mean (and, with one attempt a row, why there is no headroom)."""
+    k = max(comparison.summary.base_pass.k, comparison.summary.tuned_pass.k)
+    note = (
+        f"Over the compared rows, success = reward ≥ {comparison.solved_threshold:g}. "
+        "pass@1: the expected success of one attempt. "
+    )
+    if k <= 1:
+        return note + (
+            "With one attempt per row there is no pass@k to set against it, so no headroom "
+            "(about the most RL can still win): use --attempts N."
         )
-    return "".join(parts)
+    return note + (
+        f"pass@{k}: the share of rows solved in at least one of {k} attempts. "
+        f"headroom = pass@{k} − pass@1, about the most RL can still win on these rows."
+    )
+
+
+def _spread_text(comparison: Comparison, key: str) -> str:
+    spread = comparison.slice_spread.get(key)
+    if spread is None:
+        return f"no spread: fewer than 2 slices of ≥ {comparison.min_slice_rows} rows"
+    return f"spread {spread:.3f}"
+
+
+def _slice_rows_html(stats: list[SliceStats], worst: SliceStats | None) -> str:
+    return "".join(
+        f"<tr{' class=worst' if s is worst else ''}><td>{_e(s.value)}</td><td>{s.n}</td>"
+        f"<td>{_num(s.base_reward)}</td><td>{_num(s.tuned_reward)}</td>"
+        f"<td>{_num(s.reward_delta, True)}</td><td>{s.improved}</td><td>{s.regressed}</td></tr>"
+        for s in stats
+    )
+
+
+def _slice_key_html(comparison: Comparison, key: str) -> str:
+    stats = comparison.slices[key]
+    shown = shown_slices(stats, comparison.min_slice_rows)
+    notes = []
+    if key in comparison.list_slice_keys:
+        notes.append("list values: a row counts in the slice of each of its items")
+    if len(shown) < len(stats):
+        notes.append(f"{len(shown)} of {len(stats)} values shown: the most rows, and the worst")
+    note = f'<p class="muted">{_e("; ".join(notes))}</p>' if notes else ""
+    return (
+        f"<h3>{_e(key)} <span class=muted>{_e(_spread_text(comparison, key))}</span></h3>{note}"
+        "<table><tr><th>value</th><th>n</th><th>base</th><th>tuned</th><th>delta</th>"
+        "<th>improved</th><th>regressed</th></tr>"
+        f"{_slice_rows_html(shown, worst_slice(stats, comparison.min_slice_rows))}</table>"
+    )
+
+
+def _skipped_html(comparison: Comparison) -> str:
+    if not comparison.skipped_slice_keys:
+        return ""
+    items = "".join(
+        f"<li><code>{_e(key)}</code>: {_e(why)}</li>"
+        for key, why in sorted(comparison.skipped_slice_keys.items())
+    )
+    return f'<p class="muted">metadata keys not sliced by:</p><ul class="skipped">{items}</ul>'
+
+
+def _slices_html(comparison: Comparison) -> str:
+    rule = (
+        f'<p class="muted">The spread (largest minus smallest slice delta) and the worst slice '
+        f"count only slices of ≥ {comparison.min_slice_rows} rows, so a tiny slice cannot "
+        "dominate; smaller ones are still listed.</p>"
+    )
+    skipped = _skipped_html(comparison)
+    if not comparison.slices:
+        return f'<h2>Slices</h2><p class="muted">no metadata key to slice by</p>{skipped}'
+    keys = "".join(_slice_key_html(comparison, key) for key in sorted(comparison.slices))
+    return f"<h2>Slices</h2>{rule}{keys}{skipped}"
 
 
 def _plots_html(plots: dict[str, Path]) -> str:
@@ -213,7 +302,7 @@ def _table_html(comparison: Comparison) -> str:
     head = "".join(f"<th>{_e(k)}</th>" for k in keys)
     rows = "".join(
         f'<tr class="{s.outcome}"><td>{_e(s.id)}</td>'
-        + "".join(f"<td>{_e(s.metadata.get(k, ''))}</td>" for k in keys)
+        + "".join(f"<td>{_e(_meta(s.metadata.get(k, '')))}</td>" for k in keys)
         + f"<td>{_num(s.base.reward)}</td><td>{_num(s.tuned.reward)}</td>"
         f"<td>{_num(s.reward_delta, True)}</td><td>{s.tool_calls_delta:+.2f}</td>"
         f"<td>{s.outcome}</td></tr>"
@@ -335,17 +424,15 @@ def terminal_summary(
         f"{s.tuned_reward:.3f} ({s.reward_delta:+.3f}), tool calls {s.tool_calls_delta:+.2f}/row",
         f"improved {s.improved}, regressed {s.regressed}, unchanged solved "
         f"{s.unchanged_solved}, unchanged never solved {s.unchanged_unsolved}, failed {s.failed}",
+        _pass_line(s.base_pass, s.tuned_pass),
     ]
-    for key, stats in sorted(comparison.slices.items()):
-        lines.append(f"by {key} (spread {comparison.slice_spread[key]:.3f}):")
-        worst = worst_slice(stats)
-        width = max(len(x.value) for x in stats)
-        for x in stats:
-            mark = "  <- worst" if x is worst else ""
-            lines.append(
-                f"  {x.value:<{width}}  n={x.n:<4} {x.base_reward:.3f} → {x.tuned_reward:.3f}  "
-                f"{x.reward_delta:+.3f}  (+{x.improved} -{x.regressed}){mark}"
-            )
+    for key in sorted(comparison.slices):
+        lines += _slice_lines(comparison, key)
+    if comparison.skipped_slice_keys:
+        skipped = "; ".join(
+            f"{k} ({why})" for k, why in sorted(comparison.skipped_slice_keys.items())
+        )
+        lines.append(f"not sliced by: {skipped}")
     regressions = comparison.regressions()[:top]
     if regressions:
         lines.append(f"top regressions ({len(regressions)} of {s.regressed}, worst first):")
@@ -358,6 +445,40 @@ def terminal_summary(
             f"({_num(r.reward_delta, True)}){shown}"
         )
     return "\n".join(lines)
+
+
+def _pass_line(base: PassRates, tuned: PassRates) -> str:
+    k = max(base.k, tuned.k)
+    if k <= 1:  # pass@1 is all one attempt can tell; a headroom of 0 would be made up
+        return (
+            f"pass@1 {base.pass_at_1:.3f} → {tuned.pass_at_1:.3f} (1 attempt per row: "
+            "--attempts N also measures pass@N and the headroom RL could still win)"
+        )
+    return (
+        f"pass@1 {base.pass_at_1:.3f} → {tuned.pass_at_1:.3f}, pass@{k} {base.pass_at_k:.3f} → "
+        f"{tuned.pass_at_k:.3f}, headroom {base.headroom:.3f} → {tuned.headroom:.3f} "
+        "(pass@k − pass@1: about the most RL can still win)"
+    )
+
+
+def _slice_lines(comparison: Comparison, key: str) -> list[str]:
+    stats = comparison.slices[key]
+    shown = shown_slices(stats, comparison.min_slice_rows)
+    many = " per item of its list" if key in comparison.list_slice_keys else ""
+    lines = [f"by {key}{many} ({_spread_text(comparison, key)}):"]
+    worst = worst_slice(stats, comparison.min_slice_rows)
+    width = max(len(x.value) for x in shown)
+    for x in shown:
+        mark = "  <- worst" if x is worst else ""
+        lines.append(
+            f"  {x.value:<{width}}  n={x.n:<4} {x.base_reward:.3f} → {x.tuned_reward:.3f}  "
+            f"{x.reward_delta:+.3f}  (+{x.improved} -{x.regressed}){mark}"
+        )
+    if len(shown) < len(stats):
+        lines.append(
+            f"  … {len(stats) - len(shown)} more values (report.html's table lists every row)"
+        )
+    return lines
 
 
 def _first_answers(trajectories: list[Trajectory]) -> dict[str, str | None]:

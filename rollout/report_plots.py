@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from rollout.compare import Comparison, SliceStats
+from rollout.compare import Comparison, SliceStats, shown_slices, worst_slice
 
 COLOURS = {
     "improved": "#2e9d4f",
@@ -54,29 +54,48 @@ def _delta_histogram(comparison: Comparison) -> Figure:
 
 
 def _slice_bars(comparison: Comparison) -> Figure:
+    """One panel per key, stacked: a key with a dozen values needs the whole width."""
     keys = sorted(comparison.slices)
-    figure = Figure(figsize=(max(6.4, 4.2 * len(keys)), 4.0), layout="constrained")
+    shown = {key: shown_slices(comparison.slices[key], comparison.min_slice_rows) for key in keys}
+    bars = max((len(stats) for stats in shown.values()), default=0)
+    size = (max(6.4, 0.75 * bars + 1.5), max(4.0, 3.4 * len(keys)))
+    figure = Figure(figsize=size, layout="constrained")
     if not keys:
         return _empty(figure, figure.add_subplot(), "no metadata key to slice by")
     for index, key in enumerate(keys, start=1):
-        _slice_panel(figure.add_subplot(1, len(keys), index), key, comparison)
+        _slice_panel(figure.add_subplot(len(keys), 1, index), key, shown[key], comparison)
     return figure
 
 
-def _slice_panel(ax: Axes, key: str, comparison: Comparison) -> None:
-    stats = comparison.slices[key]
+def _slice_title(key: str, shown: list[SliceStats], comparison: Comparison) -> str:
+    spread = comparison.slice_spread[key]
+    rows = comparison.min_slice_rows
+    said = "fewer than 2" if spread is None else f"spread {spread:.2f} over"
+    title = f"{key} ({said} slices of ≥ {rows} rows)"
+    total = len(comparison.slices[key])
+    return title if len(shown) == total else f"{title}: {len(shown)} of {total} values shown"
+
+
+def _slice_panel(ax: Axes, key: str, stats: list[SliceStats], comparison: Comparison) -> None:
     x = np.arange(len(stats))
     ax.bar(x - 0.2, [s.base_reward for s in stats], 0.4, label="base", color="#9fb3d9")
     ax.bar(x + 0.2, [s.tuned_reward for s in stats], 0.4, label="tuned", color="#2f4f8f")
-    worst = worst_slice(stats)
+    worst = worst_slice(comparison.slices[key], comparison.min_slice_rows)
     for i, s in enumerate(stats):
         colour = COLOURS["regressed"] if s is worst else "black"
         top = max(s.base_reward, s.tuned_reward)
         ax.annotate(f"{s.reward_delta:+.2f}", (i, top), ha="center", va="bottom", color=colour)
-    ax.set_xticks(x, [f"{s.value}\n(n={s.n})" for s in stats])
+    crowded = len(stats) > 6  # long values (company names) overlap unless turned
+    labels = [f"{_short(s.value)}{' ' if crowded else chr(10)}(n={s.n})" for s in stats]
+    ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylim(0, max(1.0, *(max(s.base_reward, s.tuned_reward) for s in stats)) * 1.15)
-    ax.set(ylabel="mean reward", title=f"{key} (spread {comparison.slice_spread[key]:.2f})")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.set(ylabel="mean reward", title=_slice_title(key, stats, comparison))
+    # Outside the axes: inside, it hides the delta written over the last bars.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+
+
+def _short(value: str, limit: int = 22) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _scatter(comparison: Comparison) -> Figure:
@@ -106,10 +125,3 @@ def _empty(figure: Figure, ax: Axes, message: str) -> Figure:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
     return figure
-
-
-def worst_slice(stats: list[SliceStats]) -> SliceStats | None:
-    return min(stats, key=lambda s: s.reward_delta) if stats else None
-
-
-# --- HTML --------------------------------------------------------------------------------------

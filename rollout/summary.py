@@ -1,4 +1,4 @@
-"""What a rollout run amounted to: rewards, tool use, speed, failures.
+"""What a rollout run amounted to: rewards, tool use, speed, failures; pass@1, pass@k.
 
 Rewards are summarised over scored episodes only; failed ones are counted by kind, never
 averaged in as zeros.
@@ -60,6 +60,39 @@ class RolloutSummary(BaseModel):
             f"errors          {errors}",
         ]
         return "\n".join(lines)
+
+
+class PassRates(BaseModel):
+    """How often a policy succeeds in one attempt, and in k; the gap is what RL can win.
+
+    pass@1 is the expected success of one attempt: the mean over rows of each row's success
+    rate (per row rather than over all attempts pooled, so a row that lost episodes to failures
+    weighs as much as the others and pass@k >= pass@1 holds on any rows). pass@k is the share of
+    rows solved in at least one of their k attempts. GRPO sharpens what a policy can sometimes
+    do, so headroom = pass@k - pass@1 is about the most it can raise pass@1 on these rows.
+    """
+
+    k: int  # attempts per row (the most any row had; a row with failed episodes has fewer)
+    rows: int  # rows with at least one scored attempt
+    pass_at_1: float
+    pass_at_k: float
+    headroom: float
+
+
+def pass_rates(rows: Iterable[tuple[int, int]]) -> PassRates:
+    """From (successes, scored attempts) per row; rows with no scored attempt are left out."""
+    counted = [(successes, attempts) for successes, attempts in rows if attempts > 0]
+    if not counted:
+        return PassRates(k=0, rows=0, pass_at_1=0.0, pass_at_k=0.0, headroom=0.0)
+    at_1 = statistics.fmean(successes / attempts for successes, attempts in counted)
+    at_k = sum(1 for successes, _ in counted if successes > 0) / len(counted)
+    return PassRates(
+        k=max(attempts for _, attempts in counted),
+        rows=len(counted),
+        pass_at_1=at_1,
+        pass_at_k=at_k,
+        headroom=at_k - at_1,
+    )
 
 
 def reward_stats(rewards: Iterable[float]) -> RewardStats:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _servers import fake_vllm
+from test_prior_check import EveryOtherEpisode
 
 from envs.data.build import build_dataset
-from envs.data.rows import Row, RowMetadata
+from envs.data.rows import Row, RowMetadata, load_rows
 from envs.graders.base import GradeResult, verdict_for
 from rollout import evaluate
 from rollout.cli import eval_request
 from rollout.errors import RolloutConfigError
 from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings, echo_script
+from rollout.policy_spec import parse_policy
 from rollout.store import TrajectoryWriter, read_trajectories
 from rollout.trajectory import Trajectory, TrajectoryError
 from testkit import TOKENS, LiveServer
@@ -68,6 +71,12 @@ def test_eval_compares_per_sample_and_rejudges_without_model_calls(
             )
         html = (out / "report.html").read_text()
         assert "<html" in html.lower()
+        # The built rows' list metadata (companies, periods, metrics) slice; a recipe does not.
+        slices = html[html.index("<h2>Slices</h2>") : html.index("<h2>Plots</h2>")]
+        assert "<h3>companies <span class=muted>" in slices
+        assert "list values: a row counts in the slice of each of its items" in slices
+        assert "<li><code>recipe</code>: dict values</li>" in slices
+        assert "<li><code>source</code>: one value only (&#x27;synth&#x27;)</li>" in slices
 
         # A grader fix: corrupt the stored rewards, re-judge, and get the grader's back.
         path = out / "tuned.jsonl"
@@ -130,6 +139,53 @@ def test_the_cli_prints_what_run_eval_returns_and_a_rerun_plays_nothing(
         assert (base.faults.served, tuned.faults.served) == served
     assert again.comparison == outcome.comparison
     assert (again.base, again.tuned) == (outcome.base, outcome.tuned)
+
+
+def expected_pass(trajectories: list[Trajectory], threshold: float) -> tuple[float, float]:
+    """pass@1 and pass@k counted by hand: per row, the share and the any of its successes."""
+    rows: dict[str, list[bool]] = defaultdict(list)
+    for t in trajectories:
+        if t.error is None and t.reward is not None:
+            rows[t.row_id].append(t.reward >= threshold)
+    pass_at_1 = sum(sum(wins) / len(wins) for wins in rows.values()) / len(rows)
+    return pass_at_1, sum(any(wins) for wins in rows.values()) / len(rows)
+
+
+def test_eval_reports_pass_at_1_pass_at_k_and_headroom(
+    data_dir: Path, http_server: LiveServer, tmp_path: Path, token: None
+) -> None:
+    rows = load_rows(data_dir / "val.jsonl")
+    knows = EveryOtherEpisode({row.prompt: row.answers()[0] for row in rows})
+    with (
+        fake_vllm(FakeSettings(script=echo_script)) as base,
+        fake_vllm(FakeSettings(script=knows)) as tuned,
+    ):
+        request = evaluate.EvalRequest(
+            env_id="toolgym/FilingsQA-v0",
+            dataset=data_dir / "val.jsonl",
+            out=tmp_path / "eval",
+            base=parse_policy(f"{DEFAULT_MODEL}@{base.url}"),
+            tuned=parse_policy(f"{DEFAULT_MODEL}@{tuned.url}"),
+            tools_url=http_server.url,
+            n=8,
+            attempts=4,
+            progress=False,
+        )
+        outcome = asyncio.run(evaluate.run_eval(request))
+    s = outcome.comparison.summary
+    assert (s.base_pass.k, s.tuned_pass.k, s.tuned_pass.rows) == (4, 4, 8)
+    assert (s.base_pass.pass_at_1, s.base_pass.pass_at_k) == (0.0, 0.0)  # echo never answers
+    tuned_1, tuned_k = expected_pass(outcome.tuned, request.solved_threshold)
+    assert 0.0 < tuned_1 < tuned_k  # right on some attempts only: there is headroom
+    assert s.tuned_pass.pass_at_1 == pytest.approx(tuned_1)
+    assert s.tuned_pass.pass_at_k == pytest.approx(tuned_k)
+    assert s.tuned_pass.headroom == pytest.approx(tuned_k - tuned_1)
+    figures = f"pass@4 0.000 → {tuned_k:.3f}, headroom 0.000 → {tuned_k - tuned_1:.3f}"
+    assert figures in outcome.terminal()
+    html = outcome.report.html.read_text()
+    assert f"<tr><td>tuned</td><td>{tuned_1:.3f}</td><td>{tuned_k:.3f}</td>" in html
+    samples = [json.loads(line) for line in outcome.samples.read_text().splitlines()]
+    assert sum(x["tuned"]["successes"] for x in samples) == round(tuned_1 * 4 * 8)
 
 
 class HalfGrader:

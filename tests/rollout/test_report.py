@@ -192,12 +192,22 @@ def test_plots_are_embedded_and_written_as_png(report: ReportFiles) -> None:
         assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 5_000
 
 
-def test_slices_table_marks_the_worst_slice(report: ReportFiles, comparison: Comparison) -> None:
+def test_slices_table_marks_the_worst_slice(
+    report: ReportFiles,
+    comparison: Comparison,
+    runs: tuple[list[Trajectory], list[Trajectory]],
+) -> None:
     document, _ = parse(report.html)
     assert set(comparison.slices) == {"task_type", "difficulty"}
     # compute: r3 -1.0, r4 -0.5, r6 0.0 -> -0.5; lookup: +1.0, +0.25, 0.0 -> +0.4167
     assert "<tr class=worst><td>compute</td>" in document
-    assert f"spread {comparison.slice_spread['task_type']:.3f}" in document
+    # 3 rows a slice, under the minimum of 5: the report says why it gives no spread.
+    assert comparison.slice_spread["task_type"] is None
+    assert "no spread: fewer than 2 slices of ≥ 5 rows" in document
+    assert "count only slices of ≥ 5 rows" in document
+    smaller = compare(*runs, min_slice_rows=3)
+    shown = render_html(smaller, *runs, references={}, title="t", plots={})
+    assert f"spread {smaller.slice_spread['task_type']:.3f}" in shown
 
 
 def test_rendering_without_rows_or_slices_still_works(tmp_path: Path) -> None:
@@ -215,7 +225,9 @@ def test_terminal_summary(
     text = terminal_summary(comparison, top=5, tuned=runs[1])
     assert "improved 2, regressed 2" in text
     assert "unchanged solved 1, unchanged never solved 1, failed 1" in text
-    assert "by task_type (spread" in text
+    assert "by task_type (no spread: fewer than 2 slices of ≥ 5 rows):" in text
+    # base: 4 of 6 rows solved in 1 attempt; tuned: r2 twice (0.75 both), the same 4 rows.
+    assert "pass@1 0.667 → 0.667, pass@2 0.667 → 0.667, headroom 0.000 → 0.000" in text
     task_type = text.split("by task_type")[1]
     assert "compute" in task_type.split("<- worst")[0].splitlines()[-1]
     regression_lines = [line for line in text.splitlines() if line.startswith("  r")]
@@ -223,6 +235,110 @@ def test_terminal_summary(
     assert XSS in regression_lines[0]  # plain text: shown as is
     assert regression_lines[1].startswith("  r4")
     assert len(terminal_summary(comparison, top=1).splitlines()) == len(text.splitlines()) - 1
+    assert "not sliced by" not in text  # every key sliced
+
+
+def attempt(row: str, index: int, reward: float, metadata: dict[str, Any]) -> Trajectory:
+    return Trajectory(
+        row_id=row,
+        group_id=row,
+        sample_index=index,
+        env_id="toolgym/FilingsQA-v0",
+        policy_version="v",
+        messages=[{"role": "user", "content": f"question {row}"}],
+        answer="42",
+        reward=reward,
+        metadata=metadata,
+    )
+
+
+def test_pass_rates_table_and_what_it_means(tmp_path: Path) -> None:
+    # 3 rows x 4 attempts; base: 5 of 12 successes, 2 rows solved once; tuned solves all.
+    rewards = [[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    base = [attempt(f"r{i}", j, r, {}) for i, row in enumerate(rewards) for j, r in enumerate(row)]
+    tuned = [attempt(f"r{i}", j, 1.0, {}) for i in range(3) for j in range(4)]
+    comparison = compare(base, tuned)
+    document = render_html(comparison, base, tuned, references={}, title="t", plots={})
+    assert "<th>pass@1</th><th>pass@4</th><th>headroom</th>" in document
+    assert "<tr><td>base</td><td>0.417</td><td>0.667</td><td>0.250</td></tr>" in document
+    assert "<tr><td>tuned</td><td>1.000</td><td>1.000</td><td>0.000</td></tr>" in document
+    assert "about the most RL can still win" in document
+    text = terminal_summary(comparison)
+    assert "pass@1 0.417 → 1.000, pass@4 0.667 → 1.000, headroom 0.250 → 0.000" in text
+    single = compare(base[::4], tuned[::4])  # one attempt a row: no pass@k, no headroom
+    document = render_html(single, [], [], references={}, title="t", plots={})
+    assert "use --attempts N" in document and "<th>headroom</th>" not in document
+    assert "<tr><td>base</td><td>0.667</td></tr>" in document
+    assert "pass@1 0.667 → 1.000 (1 attempt per row: --attempts N" in terminal_summary(single)
+
+
+# Demo-like rows: 12 companies with 6-17 rows each, 2 with 2 rows, and "Broken Co" with 5
+# rows that all regress; one value each for task_type, difficulty, metrics and source.
+COMPANIES = [(f"Company {i:02}", 17 - i) for i in range(12)] + [("Tiny A", 2), ("Tiny B", 2)]
+
+
+def demo_metadata(company: str, quarter: int) -> dict[str, Any]:
+    return {
+        "companies": [company],
+        "periods": [f"2024-Q{quarter}"],
+        "metrics": ["operating_income"],
+        "task_type": "lookup",
+        "difficulty": "easy",
+        "source": "synth",
+        "recipe": {"template": "lookup", "seed": quarter},
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_runs() -> tuple[list[Trajectory], list[Trajectory]]:
+    base, tuned = [], []
+    rows = [(c, 0.0, 1.0) for c, n in COMPANIES for _ in range(n)] + [("Broken Co", 1.0, 0.0)] * 5
+    for index, (company, before, after) in enumerate(rows):
+        metadata = demo_metadata(company, index % 4 + 1)
+        base.append(attempt(f"q{index:03}", 0, before, metadata))
+        tuned.append(attempt(f"q{index:03}", 0, after, metadata))
+    return base, tuned
+
+
+def test_demo_like_rows_get_a_readable_slices_section(
+    demo_runs: tuple[list[Trajectory], list[Trajectory]], tmp_path: Path
+) -> None:
+    comparison = compare(*demo_runs)
+    assert set(comparison.slices) == {"companies", "periods"}
+    files = write_report(comparison, *demo_runs, tmp_path)
+    document, _ = parse(files.html)
+    slices = document[document.index("<h2>Slices</h2>") : document.index("<h2>Plots</h2>")]
+    assert "no metadata key to slice by" not in slices
+    assert "<h3>companies <span class=muted>spread 2.000</span></h3>" in slices
+    assert "list values: a row counts in the slice of each of its items" in slices
+    assert "13 of 15 values shown: the most rows, and the worst" in slices
+    assert "<tr class=worst><td>Broken Co</td><td>5</td>" in slices  # the fewest rows, shown
+    assert "Company 11" in slices and "Tiny A" not in slices
+    assert "<td>2024-Q1</td>" in slices
+    assert "metadata keys not sliced by" in slices
+    assert "<li><code>recipe</code>: dict values</li>" in slices
+    assert "<li><code>source</code>: one value only (&#x27;synth&#x27;)</li>" in slices
+    assert files.plots["slices"].read_bytes().startswith(PNG_MAGIC)
+    # The per-sample table shows a list as its items, not as a Python list.
+    assert "<td>Tiny A</td>" in document and "[&#x27;Tiny A&#x27;]" not in document
+
+    text = terminal_summary(comparison)
+    companies = text.split("by companies per item of its list (spread 2.000):")[1]
+    assert "Broken Co" in companies.split("<- worst")[0].splitlines()[-1]
+    assert "  … 2 more values (report.html's table lists every row)" in companies
+    assert "not sliced by: difficulty (one value only ('easy'));" in text
+    assert "recipe (dict values)" in text
+
+
+def test_a_report_with_nothing_to_slice_says_which_keys_were_skipped(tmp_path: Path) -> None:
+    metadata = demo_metadata("Northwind Energy", 3)
+    base = [attempt(f"q{i}", 0, 0.0, metadata) for i in range(3)]
+    tuned = [attempt(f"q{i}", 0, 1.0, metadata) for i in range(3)]
+    document = render_html(compare(base, tuned), base, tuned, references={}, title="t", plots={})
+    assert "no metadata key to slice by" in document
+    assert "<li><code>companies</code>: one value only (&#x27;Northwind Energy&#x27;)</li>" in (
+        document
+    )
 
 
 def test_headless_chromium_renders_the_report(report: ReportFiles, tmp_path: Path) -> None:
