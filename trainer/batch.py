@@ -2,7 +2,8 @@
 
 Each trajectory contributes its token-exact segments (see rollout.trajectory), every one
 carrying the trajectory's group-relative advantage. Failed episodes have no reward and are left
-out; groups whose rewards are all equal carry no signal and are counted, not trained on.
+out; groups whose rewards are all equal carry no signal and are counted, not trained on, and
+so are signal groups beyond `max_groups` (a step that refilled may have played more).
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ class TrainSequence:
 class BatchStats:
     groups: int = 0
     zero_signal_groups: int = 0
+    signal_groups: int = 0  # trained on: at most max_groups
     failed_episodes: int = 0
     truncated_sequences: int = 0
 
 
 def build_sequences(
-    groups: list[TrajectoryGroup], *, scale_rewards: bool, max_tokens: int
+    groups: list[TrajectoryGroup],
+    *,
+    scale_rewards: bool,
+    max_tokens: int,
+    max_groups: int | None = None,
 ) -> tuple[list[TrainSequence], BatchStats]:
+    """Sequences from the first `max_groups` groups with signal (all, when None), in `groups`'
+    order: the same groups on every run over the same trajectories."""
     stats = BatchStats(groups=len(groups))
     sequences: list[TrainSequence] = []
     for group in groups:
@@ -42,6 +50,9 @@ def build_sequences(
         if not group.has_signal:
             stats.zero_signal_groups += 1
             continue
+        if max_groups is not None and stats.signal_groups >= max_groups:
+            continue
+        stats.signal_groups += 1
         advantages = group_advantages(group.rewards, scale=scale_rewards)
         for trajectory, advantage in zip(scored, advantages, strict=True):
             for segment in trajectory.segments():

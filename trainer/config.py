@@ -112,6 +112,11 @@ class TrainConfig(BaseModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     group_size: int = Field(default=8, ge=2)
     batch_size: int = Field(default=8, ge=1)  # prompts per step
+    # Dynamic sampling (DAPO): a group whose episodes all got the same reward has no advantage
+    # and trains nothing. Up to this many extra rollout rounds per step play fresh train prompts
+    # in place of such groups, until the step has batch_size groups with signal (more are
+    # dropped). 0 = off: each step trains on whatever its batch_size prompts gave.
+    refill_rounds: int = Field(default=0, ge=0)
     steps: int | None = Field(default=None, ge=1)  # default: epochs over the train rows
     epochs: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-5, gt=0)

@@ -1,12 +1,14 @@
 """The training loop: rollouts with the current adapter, one GRPO update, publish, repeat.
 
     step k: rows for k -> rollout engine (group_size episodes each, policy version v{k-1})
+            -> [refill rounds: fresh prompts for the groups that carried no signal]
             -> advantages -> grpo_update -> save adapter v{k} -> publish -> checkpoint
             -> every eval_every steps: val reward
 
-Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (resumable on its
-own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/, curves.png. The rollout files
-are written for resuming and reading; the step trains on the trajectories the engine returns.
+Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (every round of the
+step, resumable on its own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/,
+curves.png. The rollout files are written for resuming and reading; the step trains on the
+trajectories the engine returns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from envs.data.rows import Row
 from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
 from rollout.policy import Policy, SamplingParams
+from rollout.summary import RolloutSummary, summarize
+from rollout.trajectory import Trajectory, TrajectoryGroup, group_trajectories
 from trainer.batch import build_sequences
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
@@ -36,14 +40,41 @@ from trainer.update import grpo_update
 T = TypeVar("T")  # any row type: the order depends only on how many there are and the seed
 
 
-def rows_for_step(rows: Sequence[T], step: int, batch_size: int, seed: int) -> list[T]:
-    """The prompts of step `step` (1-based): a fresh shuffle each epoch, from the seed alone."""
-    per_epoch = math.ceil(len(rows) / batch_size)
+def step_indices(count: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Which of `count` rows step `step` (1-based) plays first: a fresh shuffle each epoch, from
+    the seed alone."""
+    per_epoch = math.ceil(count / batch_size)
     epoch, offset = divmod(step - 1, per_epoch)
-    order = list(range(len(rows)))
+    order = list(range(count))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    chosen = order[offset * batch_size : (offset + 1) * batch_size]
-    return [rows[i] for i in chosen]
+    return order[offset * batch_size : (offset + 1) * batch_size]
+
+
+def rows_for_step(rows: Sequence[T], step: int, batch_size: int, seed: int) -> list[T]:
+    """The prompts of step `step` (1-based), before any refill."""
+    return [rows[i] for i in step_indices(len(rows), step, batch_size, seed)]
+
+
+def refill_order(rows: Sequence[T], step: int, batch_size: int, seed: int) -> list[T]:
+    """The prompts step `step` refills from, in the order it draws them: every row but the
+    step's first ones, shuffled by (seed, step) alone. Each refill round takes the next ones, so
+    no prompt is played twice in a step, and a resumed step, which finds its earlier rounds in
+    its rollouts file and so the same counts, draws the same prompts."""
+    first = set(step_indices(len(rows), step, batch_size, seed))
+    order = [i for i in range(len(rows)) if i not in first]
+    # a string seed is hashed with sha512: stable across processes, unlike hash()
+    random.Random(f"refill/{seed}/{step}").shuffle(order)
+    return [rows[i] for i in order]
+
+
+def refill_count(missing: int, signal: int, played: int, batch_size: int) -> int:
+    """Prompts to play for `missing` signal groups, given `signal` of the `played` groups so far
+    carried one. Over-sampled by that share: a round costs a whole rollout's wall time, so
+    asking for just the missing ones would take several rounds when most prompts carry none.
+    Never more than a step's first round (and all of one when nothing had signal yet)."""
+    if signal == 0:
+        return batch_size
+    return min(batch_size, math.ceil(missing * played / signal))
 
 
 def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]:
@@ -129,15 +160,73 @@ class Run:
         return await run_rollouts(rows, factory, self.policy, settings, out)
 
 
+@dataclass(frozen=True)
+class StepRollouts:
+    """Every round a step played, in play order: its first prompts, then each refill round."""
+
+    rounds: list[RolloutResult]
+    prompts: int  # rows played, all rounds together
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        return [t for result in self.rounds for t in result.trajectories]
+
+    def groups(self) -> list[TrajectoryGroup]:
+        return group_trajectories(self.trajectories)
+
+    def summary(self) -> RolloutSummary:
+        """Rewards over every round's episodes; speed over the rounds' own wall time."""
+        wall = sum(r.summary.wall_s for r in self.rounds)
+        # a round's speed counts only what it played itself (not what it found on resume)
+        tokens = sum(r.summary.tokens_per_s * r.summary.wall_s for r in self.rounds)
+        episodes = sum(r.summary.episodes_this_run for r in self.rounds)
+        summary = summarize(self.trajectories, wall_s=wall)
+        return summary.model_copy(
+            update={
+                "episodes_this_run": episodes,
+                "episodes_per_s": episodes / wall if wall else 0.0,
+                "tokens_per_s": tokens / wall if wall else 0.0,
+            }
+        )
+
+
+async def play_step(run: Run, step: int, version: str) -> StepRollouts:
+    """The step's prompts, then up to `refill_rounds` rounds of fresh prompts until it has
+    `batch_size` groups with signal. Every round appends to the step's one rollouts file under
+    its own group prefix, so a killed step resumes each round where it stopped."""
+    config = run.config
+    out = config.output_dir / "rollouts" / f"step-{step:05d}.jsonl"
+    rows = rows_for_step(run.train_rows, step, config.batch_size, config.seed)
+    rounds = [await run.rollouts(rows, config.group_size, out, f"step{step}/", version)]
+    prompts = len(rows)
+    candidates = refill_order(run.train_rows, step, config.batch_size, config.seed)
+    for round_ in range(1, config.refill_rounds + 1):
+        groups = StepRollouts(rounds, prompts).groups()
+        signal = sum(1 for g in groups if g.has_signal)
+        missing = config.batch_size - signal
+        if missing <= 0:
+            break
+        drawn = prompts - len(rows)
+        count = refill_count(missing, signal, len(groups), config.batch_size)
+        fresh = candidates[drawn : drawn + count]
+        if not fresh:  # every train row has been played in this step
+            break
+        prefix = f"step{step}r{round_}/"
+        rounds.append(await run.rollouts(fresh, config.group_size, out, prefix, version))
+        prompts += len(fresh)
+    return StepRollouts(rounds, prompts)
+
+
 async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any], str]:
     config = run.config
     started = time.perf_counter()
-    rows = rows_for_step(run.train_rows, step, config.batch_size, config.seed)
-    out = config.output_dir / "rollouts" / f"step-{step:05d}.jsonl"
-    played = await run.rollouts(rows, config.group_size, out, f"step{step}/", version)
-    summary = played.summary
+    played = await play_step(run, step, version)
+    summary = played.summary()
     sequences, stats = build_sequences(
-        played.groups(), scale_rewards=config.scale_rewards, max_tokens=config.max_sequence_tokens
+        played.groups(),
+        scale_rewards=config.scale_rewards,
+        max_tokens=config.max_sequence_tokens,
+        max_groups=config.batch_size,
     )
     pad_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
     update_started = time.perf_counter()
@@ -171,7 +260,11 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
         "entropy": result.entropy if result else None,
         "clip_fraction": result.clip_fraction if result else 0.0,
         "logprob_mismatch": result.logprob_mismatch if result else None,
-        "zero_signal": stats.zero_signal_groups / max(stats.groups, 1),
+        "zero_signal": stats.zero_signal_groups / max(stats.groups, 1),  # of all played
+        "signal_groups": stats.signal_groups,  # trained on
+        "prompts_played": played.prompts,
+        "refill_rounds_used": len(played.rounds) - 1,
+        "updates": result.passes if result else 0,  # optimizer steps taken
         "failed_episodes": stats.failed_episodes,
         "token_mismatches": summary.token_mismatches,
         "tokens_per_s": (result.tokens / update_s) if result and update_s > 0 else 0.0,

@@ -26,6 +26,9 @@ COLUMNS = (
     ("grad_norm", "{:>9.3f}"),
     ("entropy", "{:>7.3f}"),
     ("zero_signal", "{:>11.2f}"),
+    # what dynamic sampling bought: groups trained on, out of the prompts it took to find them
+    ("signal_groups", "{:>13}"),
+    ("prompts_played", "{:>14}"),
     ("tokens_per_s", "{:>12.0f}"),
 )
 PANELS = ("reward_mean", "val_reward", "tool_calls", "kl_to_ref", "loss", "entropy")

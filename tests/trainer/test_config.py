@@ -35,6 +35,7 @@ def test_overrides_reach_nested_keys() -> None:
         ("base_model: m\nlearning_rat: 1e-5\n", "learning_rat: unknown key"),
         ("group_size: 8\n", "base_model: required"),
         ("base_model: m\ngroup_size: 1\n", "group_size: Input should be greater than or equal"),
+        ("base_model: m\nrefill_rounds: -1\n", "refill_rounds: Input should be greater than or"),
         ("base_model: m\npolicy: {backend: vllm}\n", "policy.base_urls"),
         ("base_model: m\nloss_type: ppo\n", "loss_type"),
         ("- a\n- b\n", "top level must be a mapping"),
