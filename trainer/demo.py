@@ -27,16 +27,18 @@ from typing import Any
 
 import yaml
 
+from envs.data.demonstrations import Demonstration
 from envs.registry import YAML_PATH_ENV, register_yaml
 from rollout.engine import RolloutSettings
 from rollout.environments import EnvPool
 from rollout.evaluate import EvalOutcome, EvalRequest, run_eval
 from rollout.policy import SamplingParams
 from rollout.policy_spec import LocalSpec
-from rollout.prior_check import PriorCheckRun, run_prior_check
+from rollout.prior_check import PriorCheck, PriorCheckRun, run_prior_check
 from trainer.config import load_config
 from trainer.demo_data import DemoData, prepare_data, prepare_search, show_command
 from trainer.demo_policy import PolicyShape, build_policy, record_demos
+from trainer.demo_report import eval_figures, plot_demo, prior_figures
 from trainer.demo_servers import ToolServers
 from trainer.errors import TrainerError
 from trainer.train import TrainResult, train
@@ -59,9 +61,13 @@ class DemoSettings:
     shape: PolicyShape = field(default_factory=PolicyShape)
     warm: WarmStartSettings = field(default_factory=WarmStartSettings)
     lookup_rows: int = 4000  # lookups built; the demo keeps the quarterly ones (~40%)
-    prior_rows: int = 16
+    # Demonstrations answered from the prior-period column on purpose (envs.data.demonstrations)
+    misread_share: float = 0.0
+    prior_rows: int = 128  # val rows of the headroom check
     prior_attempts: int = 8
-    require_signal: bool = True  # stop when the prior check finds nothing to learn
+    require_signal: bool = True  # stop when no val row is solved sometimes (nothing to learn)
+    # Also stop when val pass@k - pass@1 is below this (None: the headroom is reported only)
+    min_headroom: float | None = None
     reuse_policy: bool = False  # keep a warm-started policy from an earlier run (GRPO only)
     grpo_overrides: list[str] = field(default_factory=list)
     eval_rows: int | None = None  # None: every val row
@@ -166,18 +172,15 @@ def _run_with_servers(
     if settings.reuse_policy and (policy / "config.json").is_file():
         print(f"reusing the warm-started policy in {policy}")
     else:
-        demos = asyncio.run(record_demos(ENV_ID, data.train, servers.mcp_url, work / "demos.jsonl"))
-        print(f"{len(demos)} demonstration episodes played over MCP ({servers.mcp_url})")
+        # a new policy: an earlier run's prior check (its file resumes) no longer applies
+        (work / "prior-check.jsonl").unlink(missing_ok=True)
+        demos = _demonstrations(settings, data, servers.mcp_url, work)
         initial = build_policy(work / "policy-init", demos, settings.shape, settings.seed)
         warm_start(initial, demos, policy, settings.warm)
-    prior = _prior_check_step(settings, policy, work / "prior-check.jsonl")
-    result.figures["prior_check"] = prior_figures(prior)
+    prior = _prior_check_step(settings, policy, data, work / "prior-check.jsonl")
+    result.figures["val_headroom_before_grpo"] = prior_figures(prior.result)
     # GRPO needs rows it sometimes solves; the verdict's stricter shares are advice, this is not
-    if settings.require_signal and not result.figures["prior_check"].get("in_band"):
-        raise TrainerError(
-            "demo stopped: the prior check found no row in the signal band (solved sometimes, "
-            "not always), so GRPO would have nothing to learn; warm-start longer (--sft-steps)"
-        )
+    _gate(settings, prior.result)
     steps.begin("GRPO with LoRA (rollout engine + trainer, adapter published each step)")
     run_dir = work / "grpo"
     for old in (run_dir, work / "eval"):  # a new policy: earlier results no longer apply
@@ -187,8 +190,14 @@ def _run_with_servers(
     eval_dir = work / "eval"
     outcome = _eval_step(settings, policy, trained.adapter, data, eval_dir)
     steps.begin("results")
-    result.figures |= eval_figures(outcome)
+    summary = outcome.comparison.summary
+    result.figures |= eval_figures(summary)
+    result.figures["val_curve"] = [[step, round(reward, 3)] for step, reward in trained.val_curve]
+    picture = plot_demo(
+        work / "demo.png", trained.val_curve, _curve_rows(settings), summary, steps.elapsed() / 60
+    )
     result.paths = {
+        "picture": str(picture),
         "report": str(outcome.report.html),
         "plots": str(eval_dir),
         "training curves": str(trained.curves),
@@ -196,6 +205,45 @@ def _run_with_servers(
         "per-sample results": str(outcome.samples),
         "adapter": str(trained.adapter),
     }
+
+
+def _gate(settings: DemoSettings, check: PriorCheck) -> None:
+    """Stop before GRPO when it has nothing to learn: no val row solved only sometimes, or
+    (with `min_headroom`) too little headroom for a gain to show. Otherwise say how much
+    GRPO can hope to win."""
+    k = check.attempts_per_row
+    headroom = f"val pass@{k} - pass@1 = {check.headroom:.3f}"
+    if settings.require_signal and not check.in_band:
+        raise TrainerError(
+            "demo stopped: no val row is solved sometimes (only always or never), so GRPO has "
+            "nothing to learn; warm-start longer (--sft-steps) or pass --no-signal-gate"
+        )
+    low = settings.min_headroom is not None and check.headroom < settings.min_headroom
+    if settings.require_signal and low:
+        raise TrainerError(
+            f"demo stopped: {headroom} is below the {settings.min_headroom:g} asked for "
+            "(--min-headroom): GRPO could not win that much; change the warm start, or pass "
+            "--no-signal-gate to train anyway"
+        )
+    print(f"{headroom}: about the most GRPO can raise val pass@1 by")
+
+
+def _demonstrations(
+    settings: DemoSettings, data: DemoData, mcp_url: str, work: Path
+) -> list[Demonstration]:
+    """The oracle's episodes over the train rows, through the demo's environment, its tools
+    reached over MCP."""
+    recording = record_demos(
+        ENV_ID,
+        data.train,
+        mcp_url,
+        work / "demos.jsonl",
+        misread_share=settings.misread_share,
+        seed=settings.seed,
+    )
+    demos = asyncio.run(recording)
+    print(f"{len(demos)} demonstration episodes played over MCP ({mcp_url})")
+    return demos
 
 
 def train_overrides(
@@ -222,11 +270,14 @@ def _train_step(settings: DemoSettings, policy: Path, data: DemoData, run_dir: P
     return trained
 
 
-def prior_check_command(settings: DemoSettings, policy: Path, out: Path) -> list[str]:
-    """`toolgym prior-check` with what `prior_check_inputs` holds: what the step runs."""
+def prior_check_command(
+    settings: DemoSettings, policy: Path, data: DemoData, out: Path
+) -> list[str]:
+    """`toolgym prior-check` on val with what `prior_check_inputs` holds: what the step runs."""
     return [
-        "prior-check", "--env", ENV_ID, "--policy", "local", "--model", str(policy),
-        "--rows", str(settings.prior_rows), "--attempts", str(settings.prior_attempts),
+        "prior-check", "--env", ENV_ID, "--dataset", str(data.val), "--policy", "local",
+        "--model", str(policy), "--rows", str(settings.prior_rows),
+        "--attempts", str(settings.prior_attempts),
         "--max-tokens", "80", "--concurrency", "64", "--seed", str(settings.seed),
         "--out", str(out),
     ]  # fmt: skip
@@ -274,14 +325,16 @@ def eval_request(
     )
 
 
-def _prior_check_step(settings: DemoSettings, policy: Path, out: Path) -> PriorCheckRun:
-    """K rows x N attempts of the warm-started policy. The check's own verdict is printed; the
-    demo's gate (in_band) is applied by the caller."""
-    show_command(*prior_check_command(settings, policy, out))
+def _prior_check_step(
+    settings: DemoSettings, policy: Path, data: DemoData, out: Path
+) -> PriorCheckRun:
+    """K val rows x N attempts of the warm-started policy: pass@1, pass@N and the headroom
+    between them, the most GRPO can win. The caller stops the demo on its verdict."""
+    show_command(*prior_check_command(settings, policy, data, out))
     spec, rollout = prior_check_inputs(settings, policy)
 
     async def check() -> PriorCheckRun:
-        pool = EnvPool(ENV_ID)
+        pool = EnvPool(ENV_ID, dataset=data.val)
         try:
             return await run_prior_check(pool, spec, rollout, rows=settings.prior_rows, out=out)
         finally:
@@ -302,29 +355,46 @@ def _eval_step(
     return outcome
 
 
-def prior_figures(run: PriorCheckRun) -> dict[str, Any]:
-    check = run.result
-    return {"rows": check.rows, "in_band": check.in_band, "signal_share": check.signal_share}
-
-
-def eval_figures(outcome: EvalOutcome) -> dict[str, Any]:
-    summary = outcome.comparison.summary
-    return {
-        "val_rows": summary.rows,
-        "val_reward_base": round(summary.base_reward, 3),
-        "val_reward_tuned": round(summary.tuned_reward, 3),
-        "val_reward_gain": round(summary.reward_delta, 3),
-        "improved_rows": summary.improved,
-        "regressed_rows": summary.regressed,
-    }
+def _curve_rows(settings: DemoSettings) -> int | None:
+    """Val rows the trainer evaluates at each eval point (its config's eval_rows)."""
+    return load_config(CONFIG, settings.grpo_overrides).eval_rows
 
 
 def _print_summary(result: DemoResult, work: Path) -> None:
-    figures = result.figures
+    """The story in figures: what GRPO could win, what it won, at what cost."""
     print("\n" + "=" * 72)
-    for name, value in figures.items():
-        print(f"{name:>22}: {value}")
+    for line in story(result.figures):
+        print(line)
     for name, path in result.paths.items():
-        print(f"{name:>22}: {path}")
-    print(f"{'all figures':>22}: {work / 'demo-summary.json'}")
+        print(f"{name:>18}: {path}")
+    print(f"{'all figures':>18}: {work / 'demo-summary.json'}")
     print("tool servers stopped.")
+
+
+def story(figures: dict[str, Any]) -> list[str]:
+    """The summary's lines, from the figures the demo measured (absent ones are left out)."""
+    lines = [f"search recall@5 on val questions: {figures.get('recall_at_5')}"]
+    head = figures.get("val_headroom_before_grpo")
+    if head:
+        k = head["attempts"]
+        lines.append(
+            f"before GRPO, {head['rows']} val rows x {k}: pass@1 {head['pass_at_1']}, "
+            f"pass@{k} {head[f'pass_at_{k}']}: headroom {head['headroom']} (the most GRPO can win)"
+        )
+    curve = figures.get("val_curve")
+    if curve:
+        points = ", ".join(f"{reward} (step {step})" for step, reward in curve)
+        lines.append(f"val reward while training: {points}")
+    if "val_rows" in figures:
+        k = figures["val_attempts"]
+        lines += [
+            f"all {figures['val_rows']} val rows, same seeds: reward "
+            f"{figures['val_reward_base']} -> {figures['val_reward_tuned']} "
+            f"({figures['val_reward_gain']:+}); pass@1 {figures['val_pass_at_1_base']} -> "
+            f"{figures['val_pass_at_1_tuned']}; pass@{k} {figures.get(f'val_pass_at_{k}_base')} "
+            f"-> {figures.get(f'val_pass_at_{k}_tuned')}",
+            f"rows improved {figures['improved_rows']}, regressed {figures['regressed_rows']}",
+        ]
+    if "minutes" in figures:
+        lines.append(f"minutes: {figures['minutes']}")
+    return lines

@@ -24,9 +24,10 @@ class PolicyShape:
 
 
 async def record_demos(
-    env_id: str, rows_path: Path, mcp_url: str, out: Path
+    env_id: str, rows_path: Path, mcp_url: str, out: Path, *, misread_share: float, seed: int
 ) -> list[Demonstration]:
-    """Play every row with the oracle through `env_id`, its tools reached over MCP."""
+    """Play every row with the oracle through `env_id`, its tools reached over MCP; a seeded
+    `misread_share` of them answered from the neighbouring (prior-period) column."""
     import gymnasium as gym
 
     rows = load_rows(rows_path)
@@ -37,14 +38,27 @@ async def record_demos(
         raise TrainerError(f"{env_id} is not a ToolEnv; demonstrations need one")
     try:
         # top_k=1 and no reads: short episodes a small model can learn in minutes
-        written, problems = await record_demonstrations(env, rows, out, top_k=1, read=False)
+        written, problems = await record_demonstrations(
+            env, rows, out, top_k=1, read=False, misread_share=misread_share, seed=seed
+        )
     finally:
         await env.aclose()
     if problems:
         print(f"{len(problems)} of {len(rows)} rows without a demonstration, e.g. {problems[0]}")
     if not written:
         raise TrainerError("no demonstration episode succeeded; see the problems above")
-    return read_demonstrations(out)
+    demos = read_demonstrations(out)
+    misread = sum(d.misread for d in demos)
+    print(
+        f"{len(demos)} demonstrations: {len(demos) - misread} read the right column, "
+        f"{misread} the prior-period column (graded {_mean(d.reward for d in demos if d.misread)})"
+    )
+    return demos
+
+
+def _mean(values: Iterator[float]) -> str:
+    items = list(values)
+    return f"{sum(items) / len(items):.2f} on average" if items else "-"
 
 
 def demonstration_texts(demos: list[Demonstration]) -> Iterator[str]:

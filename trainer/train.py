@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
@@ -31,6 +31,8 @@ class TrainResult:
     version: str
     metrics: Path
     curves: Path
+    # (step, val reward) at each evaluation of this run and any it resumed; step 0: before
+    val_curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def adapter(self) -> Path:
@@ -108,4 +110,7 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
         metrics.close()
         await policy.aclose()
         await pool.aclose()
-    return TrainResult(config.output_dir, version, metrics.path, curves)
+    val_curve = [
+        (r["step"], r["val_reward"]) for r in metrics.rows if r.get("val_reward") is not None
+    ]
+    return TrainResult(config.output_dir, version, metrics.path, curves, val_curve)

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from envs.argtypes import port_or_free, positive_int
+from envs.argtypes import fraction, port_or_free, positive_int
 from trainer.errors import TrainerError
 
 # What these verbs fail with on purpose; `toolgym` knows the union of every package's ERRORS.
@@ -48,7 +48,15 @@ def add_commands(sub: argparse._SubParsersAction, demo: argparse._SubParsersActi
     )  # fmt: skip
     run.add_argument(
         "--no-signal-gate", action="store_true",
-        help="go on to GRPO even when the prior check finds few rows to learn from",
+        help="go on to GRPO even when the check before it finds too little to learn",
+    )  # fmt: skip
+    run.add_argument(
+        "--misread-share", type=fraction, default=None,
+        help="share of demonstrations answered from the prior-period column on purpose (default 0)",
+    )  # fmt: skip
+    run.add_argument(
+        "--min-headroom", type=fraction, default=None,
+        help="stop before GRPO when val pass@k - pass@1 is below this (default: report only)",
     )  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.set_defaults(func=cmd_demo_run)
@@ -81,6 +89,10 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
         require_signal=not args.no_signal_gate,
         seed=args.seed,
     )
+    if args.misread_share is not None:
+        settings.misread_share = args.misread_share
+    if args.min_headroom is not None:
+        settings.min_headroom = args.min_headroom
     if args.sft_steps is not None:
         settings.warm = dataclasses.replace(settings.warm, max_steps=args.sft_steps)
     if args.sft_turn_steps is not None:

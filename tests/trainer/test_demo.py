@@ -59,12 +59,20 @@ def test_the_demo_runs_every_step_and_stops_its_servers(
     assert summary["recall_at_5"] >= 0.9
     assert summary["val_rows"] == 3
     assert 0.0 <= summary["val_reward_base"] <= 1.0
-    assert summary["prior_check"]["rows"] == 2
+    assert summary["val_headroom_before_grpo"]["rows"] == 2
+    head = summary["val_headroom_before_grpo"]
+    assert head["headroom"] == pytest.approx(head["pass_at_2"] - head["pass_at_1"], abs=1e-3)
+    assert [step for step, _ in summary["val_curve"]] == [0, 1]  # before, and after the step
+    assert Path(result.paths["picture"]).is_file()
+    assert "val reward while training:" in out and "rows improved" in out
     assert Path(result.paths["report"]).is_file()
     assert Path(result.paths["training curves"]).is_file()
     assert (Path(result.paths["adapter"]) / "adapter_config.json").is_file()
     demos = (work / "demos.jsonl").read_text().splitlines()
-    assert demos and all(json.loads(line)["reward"] == 1.0 for line in demos)
+    # demonstrations are right, except those misread on purpose (the prior-period column)
+    assert demos and all(
+        json.loads(d)["reward"] == 1.0 for d in demos if not json.loads(d)["misread"]
+    )
     # the servers it started are gone
     logs = (work / "logs" / "tools-http.log").read_text()
     assert "toolgym http server on http://127.0.0.1:" in logs

@@ -17,6 +17,8 @@ from envs.data.metrics import METRICS
 from envs.data.oracle import recipe_of
 from envs.data.rows import DatasetError, load_rows
 from envs.registry import register_yaml
+from rollout.cli import eval_request as cli_eval_request
+from rollout.cli import policy_spec, settings_from
 from testkit import TOKENS, LiveServer
 from trainer.cli import build_parser
 from trainer.demo import (
@@ -24,7 +26,9 @@ from trainer.demo import (
     ENV_ID,
     DemoSettings,
     eval_command,
+    eval_request,
     prior_check_command,
+    prior_check_inputs,
     train_command,
     train_overrides,
     write_env_file,
@@ -96,6 +100,9 @@ def test_the_commands_the_demo_prints_parse_as_toolgym_commands_of_what_it_runs(
     data = DemoData(*(work / name for name in ("corpus", "all-t", "all-v", "t.jsonl", "v.jsonl")))
     settings = DemoSettings(workdir=work, grpo_overrides=["steps=10"], eval_rows=5)
     policy, adapter = work / "policy", work / "grpo" / "adapters" / "v0003"
+    for directory in (policy, adapter):  # policy specs name directories that exist
+        directory.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
     parser = build_parser()
 
     overrides = train_overrides(settings, policy, data, work / "grpo")
@@ -104,17 +111,18 @@ def test_the_commands_the_demo_prints_parse_as_toolgym_commands_of_what_it_runs(
     assert (args.command, args.config, args.set) == ("train", CONFIG, overrides)
     assert f"base_model={policy}" in args.set and args.set[-1] == "steps=10"
 
-    show_command(*prior_check_command(settings, policy, work / "prior.jsonl"))
+    show_command(*prior_check_command(settings, policy, data, work / "prior.jsonl"))
     args = parser.parse_args(printed_argv(capsys))
-    assert (args.command, args.env, args.policy, args.model) == (
-        "prior-check", ENV_ID, "local", str(policy),
-    )  # fmt: skip
-    assert (args.rows, args.attempts, args.out) == (16, 8, work / "prior.jsonl")
+    spec, rollout = prior_check_inputs(settings, policy)
+    # what the verb would build from the printed words is what the demo runs
+    assert (args.command, args.dataset, args.out) == ("prior-check", data.val, work / "prior.jsonl")
+    assert (policy_spec(args), settings_from(args, args.attempts)) == (spec, rollout)
+    assert args.rows == settings.prior_rows
 
     show_command(*eval_command(settings, policy, adapter, data, work / "eval"))
     args = parser.parse_args(printed_argv(capsys))
-    assert (args.command, args.env, args.dataset, args.n) == ("eval", ENV_ID, data.val, 5)
-    assert (args.base, args.tuned) == (str(policy), f"{policy}+{adapter}")
+    assert args.command == "eval"
+    assert cli_eval_request(args) == eval_request(settings, policy, adapter, data, work / "eval")
 
     show_command("index", "build", "--corpus", data.corpus, "--chunk-chars", 300)
     args = parser.parse_args(printed_argv(capsys))
