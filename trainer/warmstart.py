@@ -23,7 +23,10 @@ from trainer.errors import TrainerError
 
 @dataclass(frozen=True)
 class WarmStartSettings:
-    turn_steps: int = 500  # stage 1: single turns (0 skips it)
+    # Stage 1: single turns (0 skips it). Copying a figure from a tool result is learnt late and
+    # suddenly: on the demo's 1,026 demonstrations, 500 steps ended at loss 0.13 and val pass@1
+    # 0.006 (no copying), 1,000 steps at loss 0.009 and val pass@1 0.425 (2026-12-01).
+    turn_steps: int = 1000
     turn_batch_size: int = 64
     max_steps: int = 150  # stage 2: whole episodes
     batch_size: int = 32
