@@ -194,7 +194,7 @@ def _run_with_servers(
     result.figures |= eval_figures(summary)
     result.figures["val_curve"] = [[step, round(reward, 3)] for step, reward in trained.val_curve]
     picture = plot_demo(
-        work / "demo.png", trained.val_curve, _curve_rows(settings), summary, steps.elapsed() / 60
+        work / "demo.png", trained.val_curve, trained.val_curve_rows, summary, steps.elapsed() / 60
     )
     result.paths = {
         "picture": str(picture),
@@ -353,11 +353,6 @@ def _eval_step(
     outcome = asyncio.run(run_eval(eval_request(settings, policy, adapter, data, eval_dir)))
     print(outcome.terminal())
     return outcome
-
-
-def _curve_rows(settings: DemoSettings) -> int | None:
-    """Val rows the trainer evaluates at each eval point (its config's eval_rows)."""
-    return load_config(CONFIG, settings.grpo_overrides).eval_rows
 
 
 def _print_summary(result: DemoResult, work: Path) -> None:

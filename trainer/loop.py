@@ -275,9 +275,14 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     return row, new_version
 
 
+def val_rows_played(config: TrainConfig, val_rows: list[Row]) -> list[Row]:
+    """The val rows each evaluation plays: the first `eval_rows`, or all of them."""
+    return val_rows[: config.eval_rows] if config.eval_rows else val_rows
+
+
 async def evaluate(run: Run, step: int, version: str) -> float:
     config = run.config
-    rows = run.val_rows[: config.eval_rows] if config.eval_rows else run.val_rows
+    rows = val_rows_played(config, run.val_rows)
     out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
     played = await run.rollouts(
         rows, 1, out, f"eval{step}/", version, config.eval_temperature, run.val_pool

@@ -20,6 +20,7 @@ from trainer.loop import (
     make_optimizer,
     resume_point,
     train_loop,
+    val_rows_played,
 )
 from trainer.metrics import MetricsLog
 from trainer.publish import save_adapter, version_name
@@ -33,6 +34,7 @@ class TrainResult:
     curves: Path
     # (step, val reward) at each evaluation of this run and any it resumed; step 0: before
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    val_curve_rows: int = 0  # val rows each of those evaluations played
 
     @property
     def adapter(self) -> Path:
@@ -113,4 +115,5 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     val_curve = [
         (r["step"], r["val_reward"]) for r in metrics.rows if r.get("val_reward") is not None
     ]
-    return TrainResult(config.output_dir, version, metrics.path, curves, val_curve)
+    curve_rows = len(val_rows_played(config, val_rows))
+    return TrainResult(config.output_dir, version, metrics.path, curves, val_curve, curve_rows)
