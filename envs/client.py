@@ -1,10 +1,15 @@
 """Tool clients: how an episode reaches the tool server, over HTTP, MCP or in-process ASGI.
 
-All speak one small protocol (`specs`, `call`, `aclose`). A call answers a `ToolOutput`: the
-tool's text, untouched, and whether the transport flagged it an error (MCP's `is_error`, the
-HTTP body's `is_error`). A tool's own refusal is a normal result; only an unreachable, failing
-or unauthorised server raises a `ToolInfraError`, after a bounded number of retries for the
-transient cases.
+All speak one small protocol (`begin_episode`, `specs`, `call`, `aclose`). A call answers a
+`ToolOutput`: the tool's text and whether the transport flagged it an error (MCP's `is_error`,
+the HTTP body's `is_error`). A tool's own refusal is a normal result; only an unreachable,
+failing or unauthorised server raises a `ToolInfraError`, after a bounded number of retries
+for the transient cases.
+
+The MCP clients (streamable HTTP, and any stdio server started from a command) live in
+`envs.mcp_client`; `ServerSettings` is the one checked record of how an environment reaches its
+server, and `open_tool_client` turns it into a client. `ToolSubset` narrows any client to the
+tools a registration names.
 
 A client sends exactly the token it is given, or no Authorization header when it gets none:
 it never looks one up itself. Which token an environment presents is decided where the
@@ -18,12 +23,15 @@ import asyncio
 import functools
 import os
 import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
 from envs.errors import EnvConfigError, ToolAuthError, ToolServerUnavailableError
+from envs.stdio import StdioCommand
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,11 @@ class ToolOutput:
 
 
 class ToolClient(Protocol):
+    async def begin_episode(self) -> None:
+        """Called by every reset, before anything else: a client with sessions opens a fresh
+        one here (isolation: episode) or makes sure its current one still answers."""
+        ...
+
     async def specs(self) -> list[dict[str, Any]]: ...
 
     async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput: ...
@@ -92,6 +105,9 @@ class HttpToolClient:
             verify=shared_ssl_context(),
         )
         self._specs: list[dict[str, Any]] | None = None
+
+    async def begin_episode(self) -> None:
+        """Nothing to renew: each request stands alone, and the connection pool reconnects."""
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         delay = self.retry.backoff_s
@@ -144,88 +160,184 @@ class HttpToolClient:
         await self._http.aclose()
 
 
-class McpToolClient:
-    """The same tools over MCP streamable HTTP with the official client.
+@runtime_checkable
+class AnnotatedTools(Protocol):
+    """A client that knows its tools' MCP annotations (readOnlyHint, destructiveHint, ...)."""
 
-    The MCP session lives in one background task for the client's lifetime: its anyio task
-    groups must be entered and left by the same task, while calls come from whichever task
-    steps the episode. Calls travel to that task through a queue.
-    """
+    async def annotations(self) -> dict[str, dict[str, Any]]: ...
 
-    def __init__(self, url: str, token: str | None = None, *, retry: RetryPolicy | None = None):
-        self.url = url if url.rstrip("/").endswith("/mcp") else url.rstrip("/") + "/mcp"
-        self.token = token
-        self.retry = retry or RetryPolicy()
-        self._requests: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[Any]] | None]
-        self._owner: asyncio.Task[None] | None = None
 
-    async def _submit(self, op: str, *args: Any) -> Any:
-        if self._owner is None or self._owner.done():
-            self._requests = asyncio.Queue()
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._owner = asyncio.create_task(self._own_session(ready))
-            await ready
-        result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._requests.put((op, args, result))
-        return await result
+class ToolSubset:
+    """Another client, offering only the tools a registration names (`tools: [...]`).
 
-    async def _own_session(self, ready: asyncio.Future[None]) -> None:
-        import httpx2
-        from mcp import Client
-        from mcp.client.streamable_http import streamable_http_client
+    A call to any other tool is refused here and never reaches the server: a model that guesses
+    the name of a hidden `write_file` must not be able to use it. A named tool the server does
+    not have is a configuration error, reported at the first reset."""
 
-        try:
-            async with (
-                httpx2.AsyncClient(
-                    headers=bearer_headers(self.token), timeout=self.retry.timeout_s
-                ) as http,
-                Client(streamable_http_client(self.url, http_client=http)) as client,
-            ):
-                ready.set_result(None)
-                while (item := await self._requests.get()) is not None:
-                    op, args, result = item
-                    try:
-                        result.set_result(await getattr(client, op)(*args))
-                    except Exception as exc:  # a failed call, the session goes on
-                        result.set_exception(exc)
-        except BaseException as exc:  # could not connect, or the session broke
-            if not ready.done():
-                ready.set_exception(self._infra_error(exc))
-            else:
-                raise
+    def __init__(self, inner: ToolClient, names: Sequence[str]) -> None:
+        self.inner = inner
+        self.names = tuple(dict.fromkeys(names))
 
-    def _infra_error(self, exc: BaseException) -> Exception:
-        if "401" in repr(exc) or "Unauthorized" in repr(exc):
-            return ToolAuthError(f"MCP server at {self.url} refused the token")
-        return ToolServerUnavailableError(f"cannot open an MCP session at {self.url}: {exc!r}")
+    async def begin_episode(self) -> None:
+        await self.inner.begin_episode()
+        await self.specs()  # checks the names; the inner client caches its listing
 
     async def specs(self) -> list[dict[str, Any]]:
-        listed = await self._submit("list_tools")
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description or "",
-                    "parameters": t.input_schema,
-                },
-            }
-            for t in listed.tools
-        ]
+        specs = await self.inner.specs()
+        available = [spec["function"]["name"] for spec in specs]
+        missing = [name for name in self.names if name not in available]
+        if missing:
+            raise EnvConfigError(
+                f"tools: the server has no {', '.join(map(repr, missing))} "
+                f"(its tools: {', '.join(available) or 'none'})"
+            )
+        by_name = dict(zip(available, specs, strict=True))
+        return [by_name[name] for name in self.names]  # in the order the registration gives
 
     async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput:
-        try:
-            result = await self._submit("call_tool", name, arguments)
-        except Exception as exc:  # transport failure mid-session
-            raise ToolServerUnavailableError(f"MCP call {name} failed: {exc!r}") from None
-        text = "".join(getattr(block, "text", "") for block in result.content)
-        return ToolOutput(text, bool(result.is_error))
+        if name not in self.names:
+            offered = ", ".join(self.names)
+            return ToolOutput(f"Error: unknown tool {name!r}. Tools: {offered}.", is_error=True)
+        return await self.inner.call(name, arguments, call_id)
+
+    async def annotations(self) -> dict[str, dict[str, Any]]:
+        if not isinstance(self.inner, AnnotatedTools):
+            return {}
+        known = await self.inner.annotations()
+        return {name: known[name] for name in self.names if name in known}
 
     async def aclose(self) -> None:
-        if self._owner is not None and not self._owner.done():
-            await self._requests.put(None)
-            await self._owner
-        self._owner = None
+        await self.inner.aclose()
+
+
+TRANSPORTS = ("http", "mcp", "stdio")
+ISOLATIONS = ("pool", "episode")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How an environment reaches its tools, checked once when the environment is made: a
+    setting that cannot work fails `gym.make` (or loading a YAML file) in one line, not the
+    first episode of a run."""
+
+    transport: str = "http"
+    tools_url: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # mcp: sent on every request
+    stdio: StdioCommand | None = None  # stdio: the server's command, env and cwd
+    isolation: str = "pool"  # pool: one server/session shared; episode: a fresh one per reset
+    tools: tuple[str, ...] | None = None  # offer only these
+
+    @classmethod
+    def of(
+        cls,
+        transport: str = "http",
+        tools_url: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        isolation: str = "pool",
+        tools: Sequence[str] | None = None,
+        need_url: bool = True,
+    ) -> ServerSettings:
+        """The checked settings; EnvConfigError names the first problem in one line.
+        `need_url=False` leaves a missing tools_url to `open_tool_client` (an in-process app,
+        or a caller that fails later in its own order, may stand in for it)."""
+        if transport not in TRANSPORTS:
+            raise EnvConfigError(
+                f"unknown tool transport {transport!r}: use {', '.join(map(repr, TRANSPORTS))}"
+            )
+        if isolation not in ISOLATIONS:
+            raise EnvConfigError(f"isolation: {isolation!r} is not one of {', '.join(ISOLATIONS)}")
+        stdio = _check_endpoint(transport, tools_url, command, env, cwd, need_url)
+        _check_headers(transport, headers)
+        if isolation == "episode" and transport == "http":
+            raise EnvConfigError("isolation: episode needs an MCP transport (mcp or stdio)")
+        if tools is not None and (isinstance(tools, str) or not tools):
+            raise EnvConfigError("tools: expected a non-empty list of tool names")
+        return cls(
+            transport,
+            tools_url,
+            tuple((headers or {}).items()),
+            stdio,
+            isolation,
+            tuple(tools) if tools is not None else None,
+        )
+
+
+def _check_endpoint(
+    transport: str,
+    tools_url: str | None,
+    command: Sequence[str] | None,
+    env: Mapping[str, str] | None,
+    cwd: str | Path | None,
+    need_url: bool,
+) -> StdioCommand | None:
+    """Where the server is: a URL for http/mcp, a command for stdio, never both."""
+    if transport == "stdio":
+        if tools_url:
+            raise EnvConfigError("transport stdio starts its server from command: drop tools_url")
+        return StdioCommand.of(command, env, cwd)
+    given = [name for name, value in (("command", command), ("env", env), ("cwd", cwd)) if value]
+    if given:
+        raise EnvConfigError(f"{', '.join(given)}: only for transport stdio, not {transport}")
+    if not tools_url and need_url:
+        raise EnvConfigError(no_server(transport))
+    return None
+
+
+def no_server(transport: str) -> str:
+    return (
+        f"no tool server: pass tools_url=URL (tools_url: Field required with transport "
+        f"{transport}), or an ASGI app in-process"
+    )
+
+
+def _check_headers(transport: str, headers: Mapping[str, str] | None) -> None:
+    if not headers:
+        return
+    if transport != "mcp":
+        raise EnvConfigError(f"headers: only for transport mcp, not {transport}")
+    if any(name.lower() == "authorization" for name in headers):
+        raise EnvConfigError(
+            "headers: Authorization is not set here; name the variable holding the token "
+            "with token_env"
+        )
+    bad = [repr(v) for pair in headers.items() for v in pair if not isinstance(v, str)]
+    if bad:
+        raise EnvConfigError(f"headers: names and values must be strings, not {bad[0]}")
+
+
+def open_tool_client(
+    settings: ServerSettings,
+    token: str | None = None,
+    *,
+    asgi_app: Any = None,
+    retry: RetryPolicy | None = None,
+) -> ToolClient:
+    """The client `settings` describe. `token` is sent as is (None: no Authorization header);
+    a stdio server never receives it."""
+    client: ToolClient
+    if asgi_app is not None:
+        transport = httpx.ASGITransport(asgi_app)
+        client = HttpToolClient("http://toolserver", token, transport=transport, retry=retry)
+    elif settings.stdio is not None:
+        from envs.mcp_client import McpStdioClient
+
+        client = McpStdioClient(settings.stdio, isolation=settings.isolation, retry=retry)
+    elif not settings.tools_url:
+        raise EnvConfigError(no_server(settings.transport))
+    elif settings.transport == "http":
+        client = HttpToolClient(settings.tools_url, token, retry=retry)
+    else:
+        from envs.mcp_client import McpHttpClient
+
+        headers = dict(settings.headers)
+        client = McpHttpClient(
+            settings.tools_url, token, headers=headers, isolation=settings.isolation, retry=retry
+        )
+    return ToolSubset(client, settings.tools) if settings.tools else client
 
 
 def make_tool_client(
@@ -235,19 +347,24 @@ def make_tool_client(
     transport: str = "http",
     asgi_app: Any = None,
     retry: RetryPolicy | None = None,
+    headers: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    isolation: str = "pool",
+    tools: Sequence[str] | None = None,
 ) -> ToolClient:
-    """A client from environment kwargs: a URL (HTTP or MCP), or an ASGI app in-process.
-
-    `token` is sent as is; None means no Authorization header.
-    """
-    if asgi_app is not None:
-        return HttpToolClient(
-            "http://toolserver", token, transport=httpx.ASGITransport(asgi_app), retry=retry
-        )
-    if not tools_url:
-        raise EnvConfigError("no tool server: pass tools_url=URL (or an ASGI app in-process)")
-    if transport == "mcp":
-        return McpToolClient(tools_url, token, retry=retry)
-    if transport != "http":
-        raise EnvConfigError(f"unknown tool transport {transport!r}: use 'http' or 'mcp'")
-    return HttpToolClient(tools_url, token, retry=retry)
+    """A client from environment kwargs: a URL (HTTP or MCP), a stdio command, or an ASGI app
+    in-process (see `ServerSettings` for the rest)."""
+    settings = ServerSettings.of(
+        transport,
+        tools_url,
+        headers=headers,
+        command=command,
+        env=env,
+        cwd=cwd,
+        isolation=isolation,
+        tools=tools,
+        need_url=asgi_app is None,
+    )
+    return open_tool_client(settings, token, asgi_app=asgi_app, retry=retry)

@@ -2,7 +2,10 @@
 
     EnvError
     ├── ToolInfraError          the tool server cannot serve: recorded on the episode, not graded
-    │   ├── ToolServerUnavailableError   connection failures or 5xx after the retry budget
+    │   ├── ToolServerUnavailableError   connection failures or 5xx after the retry budget; an
+    │   │   │                            MCP session that broke (server restarted, process died)
+    │   │   └── ToolServerStartError     a stdio MCP server that could not start: its command
+    │   │                                and the tail of its stderr, never retried
     │   └── ToolAuthError                401: the token is missing or wrong
     ├── EnvConfigError          a registration, YAML file or kwargs that cannot work
     └── DatasetError            (envs.data) rows that do not load
@@ -23,6 +26,11 @@ class ToolInfraError(EnvError):
 
 class ToolServerUnavailableError(ToolInfraError):
     pass
+
+
+class ToolServerStartError(ToolServerUnavailableError):
+    """A stdio server's command failed to start: retrying the same command would fail the same
+    way, so this is reported at once instead of after the retry budget."""
 
 
 class ToolAuthError(ToolInfraError):
@@ -46,3 +54,12 @@ def yaml_problem(exc: Exception) -> str:
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
     context = getattr(exc, "context", None)
     return f"{context + ': ' if context else ''}{problem}{where}"
+
+
+def exception_summary(exc: BaseException) -> str:
+    """An exception in one line, "MCPError: Connection closed", looking inside exception groups
+    (anyio's task groups wrap the one error that matters in one or two of them)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

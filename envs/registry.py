@@ -4,7 +4,8 @@
 - Plugins: any installed distribution that declares an entry point in the group
   `toolgym.envs`; the entry point is a function that calls `gymnasium.register(...)`.
 - YAML: a file describing a no-code environment (dataset, tool server, token variable,
-  grader, limits); `register_yaml(path)`, or list files/directories in `TOOLGYM_ENVS`.
+  grader, limits); `register_yaml(path)`, or list files/directories in `TOOLGYM_ENVS`. The
+  tool server may be any MCP server: a URL (streamable HTTP) or a command (stdio).
 `list_envs()` reports every registered toolgym environment with where it came from.
 
 Tokens: the built-in environments present the first token in TOOL_BEARER to toolgym's own
@@ -88,15 +89,26 @@ def load_plugins() -> list[str]:
 
 
 class YamlEnvSpec(BaseModel):
-    """A no-code environment. Relative dataset paths are relative to the YAML file."""
+    """A no-code environment. Relative `dataset` and `cwd` paths are relative to the YAML file.
+
+    The tool server is either a URL (`transport: http` or `mcp`, with `headers` for mcp) or a
+    stdio MCP server started from `command` (with `env`, `cwd`). Which keys go with which
+    transport is checked by `envs.client.ServerSettings`, so YAML and kwargs get the same
+    one-line errors."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[\w.-]+/[\w.-]+-v\d+$")
     dataset: Path
-    tools_url: str
-    transport: str = Field(default="http", pattern=r"^(http|mcp)$")
+    tools_url: str | None = None
+    transport: str = Field(default="http", pattern=r"^(http|mcp|stdio)$")
     # No default: a third party's server must never receive toolgym's TOOL_BEARER unasked.
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    headers: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+    isolation: str = Field(default="pool", pattern=r"^(pool|episode)$")
+    tools: list[str] | None = None
     grader: dict[str, Any] = Field(default_factory=lambda: {"type": "auto"})
     limits: dict[str, int] = Field(default_factory=dict)
     system_prompt: str | None = None
@@ -141,6 +153,9 @@ def make_yaml_env(env_id: str, token_env: str | None, **kwargs: Any) -> ToolEnv:
     """Entry point for YAML environments: the token is settled when the env is made."""
     from envs.tool_env import make_tool_env
 
+    if kwargs.get("transport") == "stdio":  # a pipe has no Authorization header to fill
+        kwargs.pop("token", None)
+        return make_tool_env(**kwargs)
     token = kwargs.pop("token", None) or yaml_env_token(env_id, token_env)
     return make_tool_env(token=token, **kwargs)
 
@@ -163,15 +178,14 @@ def register_yaml(path: Path, *, token: str | None = None) -> str:
         )
         raise EnvConfigError(f"{path}: {problems}") from exc
     _check_settings(path, spec)
-    dataset = spec.dataset if spec.dataset.is_absolute() else path.parent / spec.dataset
     kwargs: dict[str, Any] = {
         "env_id": spec.id,
         "token_env": spec.token_env,
-        "dataset": str(dataset),
-        "tools_url": spec.tools_url,
+        "dataset": str(_beside(path, spec.dataset)),
         "transport": spec.transport,
         "grader": spec.grader,
         "limits": spec.limits,
+        **_server_kwargs(path, spec),
     }
     if spec.system_prompt:
         kwargs["system_prompt"] = spec.system_prompt
@@ -181,13 +195,48 @@ def register_yaml(path: Path, *, token: str | None = None) -> str:
     return spec.id
 
 
+def _beside(path: Path, target: Path) -> Path:
+    return target if target.is_absolute() else path.parent / target
+
+
+def _server_kwargs(path: Path, spec: YamlEnvSpec) -> dict[str, Any]:
+    """The tool-server keys the file sets (defaults left out, so the registered kwargs show
+    only what the file says); `cwd` made relative to the file."""
+    kwargs: dict[str, Any] = {
+        "tools_url": spec.tools_url,
+        "headers": spec.headers,
+        "command": spec.command,
+        "env": spec.env,
+        "cwd": str(_beside(path, spec.cwd)) if spec.cwd is not None else None,
+        "tools": spec.tools,
+    }
+    if spec.isolation != "pool":
+        kwargs["isolation"] = spec.isolation
+    return {key: value for key, value in kwargs.items() if value}
+
+
 def _check_settings(path: Path, spec: YamlEnvSpec) -> None:
-    """The grader and limits are only used when an episode is made; check them at load, so a
-    typo is reported with its file now, not as a failure in the middle of a run."""
+    """The tool server, grader and limits are only used when an episode is made; check them at
+    load, so a typo is reported with its file now, not as a failure in the middle of a run."""
+    from envs.client import ServerSettings
     from envs.episode import parse_limits
     from envs.grading import check_grader
 
     try:
+        if spec.transport == "stdio" and spec.token_env:
+            raise EnvConfigError(
+                "token_env: a stdio server gets no token; pass what it needs with env: {VAR: ...}"
+            )
+        ServerSettings.of(
+            spec.transport,
+            spec.tools_url,
+            headers=spec.headers,
+            command=spec.command,
+            env=spec.env,
+            cwd=spec.cwd,
+            isolation=spec.isolation,
+            tools=spec.tools,
+        )
         check_grader(spec.grader)
         parse_limits(spec.limits)
     except EnvConfigError as exc:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from envs.client import ToolClient, first_token, make_tool_client
+from envs.client import ServerSettings, ToolClient, first_token, open_tool_client
 from envs.episode import (
     DEFAULT_SYSTEM_PROMPT,
     Episode,
@@ -89,6 +89,7 @@ class ToolEnv(gym.Env[list[dict[str, Any]], Any]):
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         gym.Env.reset(self, seed=seed)
         row = self.pick_row(options)
+        await self.client.begin_episode()  # a fresh MCP session or server, when configured
         tools = list(row.tools) or await self.client.specs()
         self.episode = Episode(
             row,
@@ -176,6 +177,12 @@ def make_tool_env(
     token_env: str | None = None,
     transport: str = "http",
     asgi_app: Any = None,
+    headers: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    isolation: str = "pool",
+    tools: Sequence[str] | None = None,
     grader: EpisodeGrader | dict[str, Any] | None = None,
     limits: Limits | dict[str, Any] | None = None,
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
@@ -183,20 +190,39 @@ def make_tool_env(
 ) -> ToolEnv:
     """The entry point behind the registered ids: kwargs in, a ready environment out.
 
+    The tool server is a URL (`transport` http or mcp, with `headers` for mcp) or a stdio
+    MCP server started from `command` (with `env` and `cwd`); `isolation` and `tools` are
+    described in `envs.client.ServerSettings`. They are checked here, so a setting that cannot
+    work fails now rather than in the first episode.
+
     The tool server sees `token` if given, else the first token in the variable `token_env`
     (the built-in ids name TOOL_BEARER; the variable is read now, once), else no
     Authorization header at all. Nothing is read by default: a plugin registering this entry
-    point without `token_env` must not receive toolgym's own token.
+    point without `token_env` must not receive toolgym's own token. A stdio server never
+    receives a token.
     """
     from envs.grading import episode_grader
 
-    if not token and token_env:
+    settings = ServerSettings.of(
+        transport,
+        tools_url,
+        headers=headers,
+        command=command,
+        env=env,
+        cwd=cwd,
+        isolation=isolation,
+        tools=tools,
+        need_url=False,  # a missing URL fails the first reset, as it always has
+    )
+    if transport == "stdio":
+        token = None
+    elif not token and token_env:
         token = first_token(token_env)
     rows = load_dataset_rows(dataset)
     return ToolEnv(
         rows,
         episode_grader(grader),
-        lambda: make_tool_client(tools_url, token, transport=transport, asgi_app=asgi_app),
+        lambda: open_tool_client(settings, token, asgi_app=asgi_app),
         limits=parse_limits(limits),
         system_prompt=system_prompt,
         render_mode=render_mode,

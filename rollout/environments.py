@@ -1,9 +1,10 @@
 """Make the engine's environments from a registered id, the dataset loaded once.
 
 Every worker needs its own environment (an environment holds one episode at a time), and each
-keeps its own tool client: one keep-alive connection per worker. A shared client would not
-save connections and costs more: httpx's pool scans every connection for every request, and
-an MCP session runs its calls one after another.
+keeps its own tool client: one keep-alive connection (or MCP session) per worker. A shared
+client would not save connections and costs more: httpx's pool scans every connection for
+every request. The one exception is a stdio MCP server with `isolation: pool`, a process the
+environments of one event loop share (envs.stdio).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from envs.errors import ToolInfraError
 from rollout.errors import PolicyError
 from rollout.policy import Policy, SamplingParams, TurnRequest
 from rollout.trajectory import (
@@ -132,6 +133,8 @@ async def play_episode(
         return recorder.fail("timeout", f"the episode took longer than {timeout_s:g}s")
     except PolicyError as exc:
         return recorder.fail("policy", f"{type(exc).__name__}: {exc}")
+    except ToolInfraError as exc:  # at reset: the tool server could not open an episode
+        return recorder.fail("tool", str(exc))
 
 
 async def _play(

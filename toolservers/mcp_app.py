@@ -1,5 +1,8 @@
 """MCP adapter: the same three tools on an `MCPServer`, streamable HTTP at /mcp or stdio.
 
+Every tool is listed with MCP annotations saying it only reads (`READ_ONLY`): a client that
+must not change anything (a task generator, a cautious agent) can rely on them.
+
 Nothing here describes or checks a tool a second time. `tools/list` shows the `tool_specs`
 that `GET /tools` shows, and `tools/call` goes through `run_tool`, the code behind the HTTP
 routes: the SDK's own argument validation (and its raw pydantic dump on a bad call) is never
@@ -12,7 +15,7 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.tools import Tool
-from mcp_types import CallToolResult, TextContent
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
@@ -23,6 +26,8 @@ from toolservers.tools import Toolbox, ToolSpec, run_tool, tool_functions, tool_
 
 MCP_PATH = "/mcp"
 MAX_BODY_BYTES = 64 * 1024
+# search, list and read change nothing, and reach nothing beyond the corpus they serve.
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
 def _listed(spec: ToolSpec, toolbox: Toolbox) -> Tool:
@@ -32,7 +37,11 @@ def _listed(spec: ToolSpec, toolbox: Toolbox) -> Tool:
     the SDK's own per-tool schema lookups both see the spec HTTP serves."""
     fn = tool_functions(toolbox)[spec.name]
     tool = Tool.from_function(
-        fn, name=spec.name, description=spec.description, structured_output=False
+        fn,
+        name=spec.name,
+        description=spec.description,
+        annotations=READ_ONLY,
+        structured_output=False,
     )
     return tool.model_copy(update={"parameters": spec.parameters})
 

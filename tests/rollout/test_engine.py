@@ -37,6 +37,7 @@ from testkit import (
 )
 from toolservers.auth import TokenSet
 from toolservers.http_app import create_http_app
+from toolservers.mcp_app import create_mcp_app
 from toolservers.tools import Toolbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,15 +200,25 @@ def test_too_many_failures_abort_the_run_keeping_what_was_written(
     assert len(read_trajectories(tmp_path / "t.jsonl").trajectories) >= 4
 
 
+@pytest.mark.parametrize("transport", ["http", "mcp"])
 def test_tool_server_killed_mid_run(
-    rows: list[Row], toolbox: Toolbox, fake_vllm: FakeServer, tmp_path: Path
+    rows: list[Row], toolbox: Toolbox, fake_vllm: FakeServer, tmp_path: Path, transport: str
 ) -> None:
-    tools = start_server(create_http_app(toolbox, TokenSet(TOKENS)))
+    # Over MCP a reset opens (or checks) a session, so the dead server is met at reset too:
+    # those episodes are recorded as tool failures like the rest, the run goes on.
+    make_app = create_http_app if transport == "http" else create_mcp_app
+    tools = start_server(make_app(toolbox, TokenSet(TOKENS)))
     fake_vllm.faults.delay_s = 0.05
     out = tmp_path / "t.jsonl"
 
     async def go() -> RolloutResult:
-        pool = EnvPool("toolgym/FilingsQA-v0", dataset=rows, tools_url=tools.url, token=TOKENS[0])
+        pool = EnvPool(
+            "toolgym/FilingsQA-v0",
+            dataset=rows,
+            tools_url=tools.url,
+            token=TOKENS[0],
+            transport=transport,
+        )
         policy = OpenAIPolicy(fake_vllm.url, MODEL, timeout_s=5)
         settings = RolloutSettings(progress=False, group_size=4, concurrency=4, max_failures=100)
         run = asyncio.create_task(run_rollouts(rows[:6], pool.factory(), policy, settings, out))
@@ -232,7 +243,8 @@ def test_tool_server_killed_mid_run(
     assert summary.errors.get("tool", 0) >= 1
     assert set(summary.errors) == {"tool"}
     failed = [t for t in read_trajectories(out).trajectories if t.failed]
-    assert all(t.reward is None and "tool server" in t.error.message for t in failed if t.error)
+    where = tools.url.split("//")[1].rstrip("/")  # host:port, named by either transport
+    assert all(t.reward is None and where in t.error.message for t in failed if t.error)
 
 
 def _cli(out: Path, tools_url: str, policy_url: str, rows_file: Path) -> list[str]:

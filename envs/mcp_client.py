@@ -1,0 +1,234 @@
+"""MCP tool clients: streamable HTTP (`McpHttpClient`) and stdio (`McpStdioClient`).
+
+Both stand on the session owner of `envs.mcp_session` (why a background task, what happens
+when a session breaks); what differs is where a session comes from. Over HTTP each client keeps
+its own session (`isolation: pool`) or opens one per reset (`episode`). Over stdio a session is
+a process: shared by every client of the same command in one event loop (`pool`, refcounted in
+`envs.stdio.SharedSlots`), or started anew at every reset (`episode`).
+
+Results are rendered for the model by `envs.mcp_content`; annotations are kept apart from the
+OpenAI-shaped specs, which go into chat templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult, ListToolsResult, Tool
+
+from envs.client import RetryPolicy, ToolOutput, bearer_headers
+from envs.errors import (
+    ToolAuthError,
+    ToolInfraError,
+    ToolServerUnavailableError,
+    exception_summary,
+)
+from envs.mcp_content import render_result
+from envs.mcp_session import McpSession, SessionSlot
+from envs.stdio import SharedSlots, StdioCommand, StdioLaunch
+
+if TYPE_CHECKING:
+    from mcp import Client
+
+MAX_TOOL_PAGES = 100
+STDIO_START_TIMEOUT_S = 60.0  # a cold `toolgym serve` takes seconds on a busy 2-core machine
+
+
+async def _all_tools(client: Client) -> list[Tool]:
+    tools: list[Tool] = []
+    cursor: str | None = None
+    for _ in range(MAX_TOOL_PAGES):
+        page: ListToolsResult = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return tools
+
+
+class McpClient:
+    """The ToolClient protocol over MCP sessions; subclasses say where sessions come from."""
+
+    def __init__(self, where: str, retry: RetryPolicy | None) -> None:
+        self.where = where
+        self.retry = retry or RetryPolicy()
+        self._session: McpSession | None = None
+        self._tools: list[Tool] | None = None
+
+    async def _next_session(self) -> McpSession:
+        raise NotImplementedError
+
+    async def begin_episode(self) -> None:
+        self._session = await self._next_session()
+
+    async def _current(self) -> McpSession:
+        if self._session is None:
+            await self.begin_episode()
+        assert self._session is not None
+        return self._session
+
+    async def listed_tools(self) -> list[Tool]:
+        """The server's tools as it lists them (fetched once: a server's tools are fixed)."""
+        if self._tools is None:
+            session = await self._current()
+            try:
+                self._tools = await session.request(_all_tools, "tools/list")
+            except MCPError as exc:
+                raise ToolServerUnavailableError(
+                    f"{self.where}: tools/list failed: {exc.message}"
+                ) from None
+        return self._tools
+
+    async def specs(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description or "",
+                    "parameters": tool.input_schema,
+                },
+            }
+            for tool in await self.listed_tools()
+        ]
+
+    async def annotations(self) -> dict[str, dict[str, Any]]:
+        """Tool name -> its MCP annotations (readOnlyHint, ...) as sent, {} when it has none.
+        Kept out of `specs()`: those go into chat templates."""
+        return {
+            tool.name: (
+                tool.annotations.model_dump(by_alias=True, exclude_none=True)
+                if tool.annotations
+                else {}
+            )
+            for tool in await self.listed_tools()
+        }
+
+    async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput:
+        session = await self._current()
+
+        async def run(client: Client) -> CallToolResult:
+            timeout = self.retry.timeout_s  # the SDK gives up (and says so to the server)
+            return await client.call_tool(name, arguments, read_timeout_seconds=timeout)
+
+        try:
+            result = await session.request(run, f"the call to {name}")
+        except MCPError as exc:  # the server answered this call with a JSON-RPC error
+            return ToolOutput(f"Error: {exc.message}", is_error=True)
+        return render_result(result)
+
+
+class McpHttpClient(McpClient):
+    """MCP over streamable HTTP. `isolation: pool` keeps one session per client (reopened when
+    it breaks); `episode` opens a fresh one at every reset, so a stateful server starts over."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        isolation: str = "pool",
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.url = url if url.rstrip("/").endswith("/mcp") else url.rstrip("/") + "/mcp"
+        super().__init__(f"MCP server at {self.url}", retry)
+        self.headers = {**(headers or {}), **bearer_headers(token)}
+        self.isolation = isolation
+        self._slot = SessionSlot(self._new_session, self.retry)
+
+    def _new_session(self) -> McpSession:
+        return McpSession(self.where, self._connect, self.retry.timeout_s, explain=self._explain)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[Client]:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        async with (
+            httpx2.AsyncClient(headers=self.headers, timeout=self.retry.timeout_s) as http,
+            Client(streamable_http_client(self.url, http_client=http)) as client,
+        ):
+            yield client
+
+    def _explain(self, exc: BaseException) -> ToolInfraError:
+        if isinstance(exc, ToolInfraError):
+            return exc
+        if "401" in repr(exc) or "Unauthorized" in repr(exc):
+            return ToolAuthError(f"{self.where} refused the token")
+        return ToolServerUnavailableError(f"{self.where}: {exception_summary(exc)}")
+
+    async def _next_session(self) -> McpSession:
+        return await self._slot.live(fresh=self.isolation == "episode")
+
+    async def aclose(self) -> None:
+        self._session = None
+        await self._slot.aclose()
+
+
+_POOL: SharedSlots[SessionSlot] = SharedSlots()
+
+
+def stdio_slot(command: StdioCommand, retry: RetryPolicy) -> SessionSlot:
+    """A slot whose sessions each start a new process of `command`."""
+    where = f"MCP server `{command.display()}`"
+
+    def new_session() -> McpSession:
+        launch = StdioLaunch(command)
+        return McpSession(
+            where,
+            launch.client,
+            retry.timeout_s,
+            explain=lambda exc: stdio_failure(where, exc, launch),
+            stderr_tail=launch.stderr_tail,
+            open_timeout_s=max(retry.timeout_s, STDIO_START_TIMEOUT_S),
+        )
+
+    return SessionSlot(new_session, retry)
+
+
+def stdio_failure(where: str, exc: BaseException, launch: StdioLaunch) -> ToolInfraError:
+    if isinstance(exc, ToolInfraError):
+        return exc
+    return ToolServerUnavailableError(f"{where}: {exception_summary(exc)}{launch.stderr_tail()}")
+
+
+class McpStdioClient(McpClient):
+    """A stdio MCP server started from a command. `isolation: pool`: one process shared by every
+    client of the same command in this event loop, started by the first that needs it and
+    stopped with the last; `episode`: a new process for every reset, so no episode sees
+    another's writes."""
+
+    def __init__(
+        self, command: StdioCommand, *, isolation: str = "pool", retry: RetryPolicy | None = None
+    ) -> None:
+        super().__init__(f"MCP server `{command.display()}`", retry)
+        self.command = command
+        self.isolation = isolation
+        self._slot: SessionSlot | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.isolation == "pool"
+
+    async def _next_session(self) -> McpSession:
+        if self._slot is None:
+
+            def make() -> SessionSlot:
+                return stdio_slot(self.command, self.retry)
+
+            self._slot = _POOL.acquire(self.command, make) if self.shared else make()
+        return await self._slot.live(fresh=not self.shared)
+
+    async def aclose(self) -> None:
+        slot, self._slot, self._session = self._slot, None, None
+        if slot is None:
+            return
+        if self.shared:
+            await _POOL.release(self.command)
+        else:
+            await slot.aclose()
