@@ -167,6 +167,25 @@ class AnnotatedTools(Protocol):
     async def annotations(self) -> dict[str, dict[str, Any]]: ...
 
 
+@dataclass(frozen=True)
+class ResourceInfo:
+    """One resource a server lists (MCP `resources/list`): read-only context by definition."""
+
+    uri: str
+    name: str = ""
+    mime_type: str | None = None
+
+
+@runtime_checkable
+class ResourceReader(Protocol):
+    """A client that can list and read its server's resources (MCP). The model in an episode
+    never sees them (it has only tools); the task generator reads them for context."""
+
+    async def resources(self) -> list[ResourceInfo]: ...
+
+    async def read_resource(self, uri: str) -> ToolOutput: ...
+
+
 class ToolSubset:
     """Another client, offering only the tools a registration names (`tools: [...]`).
 
@@ -205,6 +224,17 @@ class ToolSubset:
             return {}
         known = await self.inner.annotations()
         return {name: known[name] for name in self.names if name in known}
+
+    async def resources(self) -> list[ResourceInfo]:
+        """The inner server's resources: `tools: [...]` narrows tools, not resources."""
+        if not isinstance(self.inner, ResourceReader):
+            return []
+        return await self.inner.resources()
+
+    async def read_resource(self, uri: str) -> ToolOutput:
+        if not isinstance(self.inner, ResourceReader):
+            return ToolOutput(f"Error: no resource {uri!r}", is_error=True)
+        return await self.inner.read_resource(uri)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -2,9 +2,11 @@
 
 An episode is a question. Each turn takes one assistant action: tool calls run through the
 ToolClient and their results are the next observation; an answer without tool calls ends the
-episode and is graded. Budgets (tool calls, turns, tokens) truncate it. A malformed action
-is an error observation that costs one tool call; a failing tool server ends the episode with
-an infrastructure error instead of a reward.
+episode and is graded. A row without a reference answer is not graded: the grader is not asked,
+the record has no grade, and the step's 0.0 is a placeholder (a judge scores such episodes).
+Budgets (tool calls, turns, tokens) truncate it. A malformed action is an error observation
+that costs one tool call; a failing tool server ends the episode with an infrastructure error
+instead of a reward.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "alike) and the period. When you know the answer, reply without calling a tool, stating the "
     "final figure with its unit, e.g. 'Answer: $1,234.5 million'."
 )
+
+UNGRADED_NOTE = "not graded: the row has no reference_answer (a judge may score it)"
 
 
 class Limits(BaseModel, frozen=True):
@@ -212,6 +216,10 @@ class Episode:
     async def _finish(self, answer: str) -> StepOutcome:
         state = self.state
         state.done, state.answer = True, answer
+        if state.row.reference_answer is None:
+            # An unlabelled row: the grader is not asked (it has nothing to grade against).
+            # The record carries no grade; a judge scoring the group gives the reward.
+            return self._outcome([], 0.0, True, False, note=UNGRADED_NOTE)
         state.grade = await self.grader.grade(state.row, answer, state.tools_used)
         return self._outcome([], state.grade.score, True, False)
 

@@ -17,16 +17,16 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, ListToolsResult, Tool
+from mcp_types import CallToolResult, ListResourcesResult, ListToolsResult, ReadResourceResult, Tool
 
-from envs.client import RetryPolicy, ToolOutput, bearer_headers
+from envs.client import ResourceInfo, RetryPolicy, ToolOutput, bearer_headers
 from envs.errors import (
     ToolAuthError,
     ToolInfraError,
     ToolServerUnavailableError,
     exception_summary,
 )
-from envs.mcp_content import render_result
+from envs.mcp_content import render_resource, render_result
 from envs.mcp_session import McpSession, SessionSlot
 from envs.stdio import SharedSlots, StdioCommand, StdioLaunch
 
@@ -47,6 +47,22 @@ async def _all_tools(client: Client) -> list[Tool]:
         if cursor is None:
             break
     return tools
+
+
+async def _all_resources(client: Client) -> list[ResourceInfo]:
+    """Every listed resource; none when the server does not declare the capability."""
+    capabilities = client.server_capabilities
+    if capabilities is None or capabilities.resources is None:
+        return []
+    found: list[ResourceInfo] = []
+    cursor: str | None = None
+    for _ in range(MAX_TOOL_PAGES):
+        page: ListResourcesResult = await client.list_resources(cursor=cursor)
+        found += [ResourceInfo(str(r.uri), r.name, r.mime_type) for r in page.resources]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return found
 
 
 class McpClient:
@@ -106,6 +122,26 @@ class McpClient:
             )
             for tool in await self.listed_tools()
         }
+
+    async def resources(self) -> list[ResourceInfo]:
+        """The server's resources (`resources/list`), [] when it offers none."""
+        session = await self._current()
+        try:
+            return await session.request(_all_resources, "resources/list")
+        except MCPError:  # declared but refused: nothing to read
+            return []
+
+    async def read_resource(self, uri: str) -> ToolOutput:
+        session = await self._current()
+
+        async def run(client: Client) -> ReadResourceResult:
+            return await client.read_resource(uri)
+
+        try:
+            result = await session.request(run, f"reading {uri}")
+        except MCPError as exc:
+            return ToolOutput(f"Error: {exc.message}", is_error=True)
+        return ToolOutput(render_resource(result))
 
     async def call(self, name: str, arguments: dict[str, Any], call_id: str) -> ToolOutput:
         session = await self._current()

@@ -23,6 +23,7 @@ from mcp_types import (
     CallToolResult,
     EmbeddedResource,
     ImageContent,
+    ReadResourceResult,
     ResourceLink,
     TextContent,
     TextResourceContents,
@@ -82,3 +83,8 @@ def render_text(result: CallToolResult) -> str:
 
 def render_result(result: CallToolResult) -> ToolOutput:
     return ToolOutput(render_text(result), bool(result.is_error))
+
+
+def render_resource(result: ReadResourceResult) -> str:
+    """A read resource as text: its text parts, one per line; blobs as placeholders."""
+    return "\n".join(_render_resource(part)[0] for part in result.contents)

@@ -100,6 +100,7 @@ def add_commands(sub: Any) -> None:
     judge.add_argument("--ruler-base-url", help="judge server (default: the first --base-url)")
     judge.add_argument("--ruler-weight", type=fraction, default=1.0, help="0 grader .. 1 judge")
     judge.add_argument("--ruler-cache", type=Path, help="JSONL cache of judge replies")
+    judge.add_argument("--ruler-rubric", help="extra criteria appended to the judge's instructions")
     rollout.set_defaults(func=cmd_rollout)
 
     check = sub.add_parser(
@@ -123,6 +124,10 @@ def add_commands(sub: Any) -> None:
     from rollout.vllm_cli import add_vllm_commands
 
     add_vllm_commands(sub)
+
+    from rollout.tasks_cli import add_tasks_commands
+
+    add_tasks_commands(sub)
 
 
 def policy_spec(args: argparse.Namespace) -> PolicySpec:
@@ -154,6 +159,7 @@ def make_scorer(args: argparse.Namespace) -> GroupScorer | None:
         judge=JudgeConfig(base_url=base_url, model=args.ruler_model),
         weight=args.ruler_weight,
         cache_path=args.ruler_cache,
+        rubric=args.ruler_rubric or None,
     )
     return RulerScorer(config)
 

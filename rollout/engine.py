@@ -6,8 +6,10 @@
 `concurrency` workers each own one environment and take episodes from a shared queue in row
 order, so groups complete together. Each trajectory is appended to the output JSONL as soon
 as it is done (with a group scorer, as soon as its group is done and judged); a rerun with the
-same file skips everything already there. The result holds the trajectories themselves (those
-read back on resume and those just played), so no caller re-reads the file. Failed episodes
+same file skips everything already there, except that groups whose judging failed are judged
+again (their episodes are not replayed). Rows without a reference answer need a scorer that
+gives rewards on its own (a judge at weight 1). The result holds the trajectories themselves
+(those read back on resume and those just played), so no caller re-reads the file. Failed episodes
 are recorded with their error; when more fail than the budget allows, the run stops with
 RolloutAbortedError, keeping what it wrote.
 """
@@ -53,7 +55,16 @@ class RolloutSettings(BaseModel):
 
 
 class GroupScorer(Protocol):
-    """Scores a finished group in place (e.g. RULER); called before the group is written."""
+    """Scores a finished group in place (e.g. RULER); called before the group is written.
+
+    A group it cannot score gets a `judge` error on its trajectories (never a zero reward):
+    such trajectories do not count against the failure budget, and a rerun over the same file
+    scores their group again instead of replaying it."""
+
+    @property
+    def scores_unlabelled(self) -> bool:
+        """True when its reward needs no reference answer (a judge alone)."""
+        ...
 
     async def score_group(self, row: Row, trajectories: list[Trajectory]) -> None: ...
 
@@ -83,6 +94,8 @@ class LiveStats:
     def add(self, trajectory: Trajectory) -> None:
         self.finished.append(trajectory)
         self.tokens += trajectory.metrics.completion_tokens
+        if trajectory.judge_failed:
+            return  # played fine, only its judging failed: not an episode failure
         if trajectory.failed:
             self.failed += 1
         elif trajectory.reward is not None:
@@ -206,11 +219,14 @@ async def run_rollouts(
             f"{out} holds trajectories of {sorted(foreign)}, not {settings.env_id}: "
             "resume only with the same environment, or choose another --out"
         )
+    check_labels(rows, scorer)
     jobs = plan_jobs(rows, settings, {t.key for t in existing})
     envs = [make_env() for _ in range(min(settings.concurrency, len(jobs)))]
     with TrajectoryWriter(out) as writer:
         run = _Run(jobs, policy, settings, writer, scorer)
         try:
+            if scorer is not None:
+                await rescore(rows, settings, existing, scorer, writer)
             async with asyncio.TaskGroup() as tasks:
                 for env in envs:
                     tasks.create_task(run.worker(env))
@@ -224,6 +240,42 @@ async def run_rollouts(
     everything = wanted(rows, settings, existing + run.stats.finished)
     summary = summarize(everything, this_run=run.stats.finished, wall_s=wall_s)
     return RolloutResult(trajectories=everything, summary=summary)
+
+
+def check_labels(rows: Sequence[Row], scorer: GroupScorer | None) -> None:
+    """Rows without a reference answer have no grader reward: only a scorer that needs none
+    (a judge alone) can give them one. Refused before anything is played."""
+    unlabelled = sum(1 for row in rows if row.reference_answer is None)
+    if unlabelled and not (scorer is not None and scorer.scores_unlabelled):
+        raise RolloutConfigError(
+            f"{unlabelled} of {len(rows)} rows have no reference_answer, so the environment's "
+            "grader cannot score them: add their answers, or score with a RULER judge alone "
+            "(`toolgym rollout --ruler-model NAME --ruler-weight 1`; in a train config "
+            "reward: {grader: 0, ruler: {judge: NAME@URL}})"
+        )
+
+
+async def rescore(
+    rows: Sequence[Row],
+    settings: RolloutSettings,
+    existing: list[Trajectory],
+    scorer: GroupScorer,
+    writer: TrajectoryWriter,
+) -> None:
+    """Ask the judge again about the groups an earlier run played but could not get judged:
+    their episodes are kept (not replayed), their new scores appended (a later line wins)."""
+    by_group = {group_id_of(row, settings): row for row in rows}
+    for group in group_trajectories(wanted(rows, settings, existing)):
+        if not group.judge_failed:
+            continue
+        for trajectory in group.trajectories:
+            if trajectory.judge_failed:
+                trajectory.error = None
+                trajectory.scores.pop("ruler", None)
+                trajectory.reward = trajectory.scores.get("grader")  # None when unlabelled
+        await scorer.score_group(by_group[group.group_id], group.trajectories)
+        for trajectory in group.trajectories:
+            writer.write(trajectory)
 
 
 def wanted(

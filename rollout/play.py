@@ -4,8 +4,9 @@ The conversation sent to the policy is exactly the one it is recorded with: the 
 message as the backend returned it, then the environment's observation messages. Failures are
 sorted by whose they are: the policy server's (PolicyError), the tool server's (the
 record's `infra_error`), the grader's, or the clock's (episode timeout). Each ends up on
-the trajectory's `error`, with no reward. What the episode did is read off the environment's
-typed `EpisodeRecord`, not its Gymnasium `info` dict.
+the trajectory's `error`, with no reward. An episode of a row without a reference answer ends
+with no reward and no error: the group's judge scores it. What the episode did is read off the
+environment's typed `EpisodeRecord`, not its Gymnasium `info` dict.
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ async def _play(
         return recorder.fail("tool", record.infra_error)
     if record.grader_error:
         return recorder.fail("grader", record.grader_error)
+    if job.row.reference_answer is None:
+        # Unlabelled: no grader reward exists (not a zero). The group's scorer (a judge) gives
+        # the reward; the engine refuses such rows when there is none.
+        return recorder.finish()
     trajectory.reward = float(reward)
     trajectory.scores["grader"] = float(reward)
     return recorder.finish()

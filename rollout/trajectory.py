@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rollout.policy import Turn
 
-ErrorKind = Literal["policy", "tool", "timeout", "grader", "episode"]
+# "judge": the episode played, but its group's judge (RULER) gave no usable score. Such
+# trajectories are not episode failures: the group is left out of training and counted apart,
+# and a rerun over the same file asks the judge again instead of replaying the episodes.
+ErrorKind = Literal["policy", "tool", "timeout", "grader", "episode", "judge"]
 
 
 class TurnTokens(BaseModel):
@@ -126,6 +129,11 @@ class Trajectory(BaseModel):
     def failed(self) -> bool:
         return self.error is not None
 
+    @property
+    def judge_failed(self) -> bool:
+        """Played, but the group's judge could not score it (see ErrorKind)."""
+        return self.error is not None and self.error.kind == "judge"
+
     def segments(self) -> list[TokenSequence]:
         """The token-exact training sequences; computed once, treat them as read-only."""
         return self._segments.get(self.turns)[0]
@@ -189,6 +197,11 @@ class TrajectoryGroup:
     @property
     def rewards(self) -> list[float]:
         return [t.reward for t in self.scored if t.reward is not None]
+
+    @property
+    def judge_failed(self) -> bool:
+        """The group's judge gave no usable scores: nothing of it can be trained on."""
+        return any(t.judge_failed for t in self.trajectories)
 
     @property
     def has_signal(self) -> bool:

@@ -392,6 +392,20 @@ BAD_INPUTS = [
         f"eval --base {SERVED} --tuned nosuch --dataset {{d}}/rows.jsonl --out {{d}}/ev",
         "nosuch is not a model directory",
     ),
+    # -- tasks generate: the environment and the output directory, before any model loads
+    (
+        "tasks generate --env acme/Nope-v0 --model w@http://127.0.0.1:1/v1 --out {d}/t",
+        "no environment 'acme/Nope-v0' is registered",
+    ),
+    (
+        "tasks generate --env toolgym/FilingsQA-v0 --model w --out {d}/t",
+        "--model: expected NAME@http://host:port/v1, got 'w'",
+    ),
+    (
+        "tasks generate --env toolgym/FilingsQA-v0 --model w@http://127.0.0.1:1/v1 "
+        "--out {d}/rows.jsonl",
+        "is a file; tasks generate writes a directory",
+    ),
     # -- vllm serve (--dry-run: nothing starts), demo run (run_demo is replaced, below)
     ("vllm serve --model m --dry-run --port 99999", "expected a port from 1 to 65535"),
     ("vllm serve --model m --dry-run --max-loras 0", "--max-loras: expected a whole number"),

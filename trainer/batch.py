@@ -3,7 +3,8 @@
 Each trajectory contributes its token-exact segments (see rollout.trajectory), every one
 carrying the trajectory's group-relative advantage. Failed episodes have no reward and are left
 out; groups whose rewards are all equal carry no signal and are counted, not trained on, and
-so are signal groups beyond `max_groups` (a step that refilled may have played more).
+so are signal groups beyond `max_groups` (a step that refilled may have played more). A group
+its judge could not score is left out whole and counted apart (`judge_failed_groups`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class BatchStats:
     signal_groups: int = 0  # trained on: at most max_groups
     failed_episodes: int = 0
     truncated_sequences: int = 0
+    judge_failed_groups: int = 0  # the judge gave no scores: out of the update, not zero-signal
 
 
 def build_sequences(
@@ -46,7 +48,12 @@ def build_sequences(
     sequences: list[TrainSequence] = []
     for group in groups:
         scored = group.scored
-        stats.failed_episodes += len(group.trajectories) - len(scored)
+        stats.failed_episodes += sum(
+            1 for t in group.trajectories if t.failed and not t.judge_failed
+        )
+        if group.judge_failed:
+            stats.judge_failed_groups += 1
+            continue
         if not group.has_signal:
             stats.zero_signal_groups += 1
             continue

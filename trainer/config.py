@@ -99,6 +99,72 @@ class PolicySettings(BaseModel):
     episode_timeout_s: float = Field(default=900.0, gt=0)
 
 
+class RulerSettings(BaseModel):
+    """An LLM judge that scores all attempts of a group together (rollout.ruler)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: str  # NAME@URL: the judge model served by an OpenAI-compatible server
+    weight: float = Field(default=1.0, gt=0)  # relative to reward.grader; blend = normalised
+    rubric: str | None = Field(default=None, min_length=1)  # appended to the judge's criteria
+    # JSONL of the judge's replies by prompt; default <output_dir>/judge-cache.jsonl
+    cache: Path | None = None
+    api_key_env: str | None = None  # the variable holding the judge's key, never the key
+    timeout_s: float = Field(default=120.0, gt=0)  # per request
+    max_retries: int = Field(default=2, ge=0, le=10)  # per group: unreachable or unreadable
+    max_tokens: int = Field(default=1024, ge=16)  # the reply: a score and reason per attempt
+    # Consecutive steps whose every group failed judging (each skipped) before the run stops.
+    max_failed_steps: int = Field(default=3, ge=1)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_spelling(cls, value: str) -> str:
+        from rollout.errors import RolloutConfigError
+        from rollout.ruler import parse_judge
+
+        try:
+            parse_judge(value)
+        except RolloutConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class RewardSettings(BaseModel):
+    """Where rewards come from: the environment's grader (reference answers), a RULER judge,
+    or both, blended by their weights normalised to sum to 1. No section: the grader alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: 1 without a judge, 0 with one (a judge alone needs no reference answers)
+    grader: float | None = Field(default=None, ge=0)
+    ruler: RulerSettings | None = None
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> RewardSettings:
+        if self.ruler is None and self.grader == 0:
+            raise ValueError(
+                "grader: 0 leaves no reward; add reward.ruler (a judge) or give the grader a weight"
+            )
+        return self
+
+    @property
+    def grader_weight(self) -> float:
+        """The grader's share of the blend, in [0, 1]."""
+        grader = self.grader if self.grader is not None else (0.0 if self.ruler else 1.0)
+        judge = self.ruler.weight if self.ruler else 0.0
+        return grader / (grader + judge)
+
+    @property
+    def ruler_weight(self) -> float:
+        """The judge's share of the blend, in [0, 1] (0 without a judge)."""
+        return 1.0 - self.grader_weight if self.ruler else 0.0
+
+    @property
+    def needs_references(self) -> bool:
+        """Whether every row needs a reference answer (the grader has a share)."""
+        return self.grader_weight > 0
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -109,6 +175,7 @@ class TrainConfig(BaseModel):
     train_dataset: Path | None = None
     val_dataset: Path | None = None
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     group_size: int = Field(default=8, ge=2)
     batch_size: int = Field(default=8, ge=1)  # prompts per step
@@ -162,6 +229,10 @@ class TrainConfig(BaseModel):
                 updates[key] = base / value
         if not Path(self.base_model).is_absolute() and (base / self.base_model).exists():
             updates["base_model"] = str(base / self.base_model)
+        ruler = self.reward.ruler
+        if ruler is not None and ruler.cache is not None and not ruler.cache.is_absolute():
+            resolved = ruler.model_copy(update={"cache": base / ruler.cache})
+            updates["reward"] = self.reward.model_copy(update={"ruler": resolved})
         return self.model_copy(update=updates)
 
 

@@ -5,6 +5,10 @@
             -> advantages -> grpo_update -> save adapter v{k} -> publish -> checkpoint
             -> every eval_every steps: val reward
 
+With a judge (reward.ruler), a group it fails on is left out of the update and counted; a step
+whose every group failed is skipped (no update, adapter or checkpoint), and
+`max_failed_steps` such steps in a row stop the run.
+
 Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (every round of the
 step, resumable on its own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/,
 curves.png. The rollout files are written for resuming and reading; the step trains on the
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from envs.data.rows import Row
 from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
 from rollout.policy import Policy, SamplingParams
+from rollout.ruler import RulerScorer
 from rollout.summary import RolloutSummary, summarize
 from rollout.trajectory import Trajectory, TrajectoryGroup, group_trajectories
 from trainer.batch import build_sequences
@@ -35,6 +41,7 @@ from trainer.config import TrainConfig
 from trainer.errors import ConfigError, TrainingStopped
 from trainer.metrics import MetricsLog
 from trainer.publish import save_adapter, version_name
+from trainer.reward import judge_metrics, judge_outcome
 from trainer.update import grpo_update
 
 T = TypeVar("T")  # any row type: the order depends only on how many there are and the seed
@@ -123,6 +130,7 @@ class Run:
     val_rows: list[Row]
     metrics: MetricsLog
     val_pool: EnvPool | None = None  # environments over the val rows (else `pool`)
+    scorer: RulerScorer | None = None  # reward.ruler: the judge scoring every group
 
     def settings(
         self, group_size: int, prefix: str, version: str, temperature: float | None = None
@@ -157,7 +165,7 @@ class Run:
     ) -> RolloutResult:
         settings = self.settings(group_size, prefix, version, temperature)
         factory = (pool or self.pool).factory()
-        return await run_rollouts(rows, factory, self.policy, settings, out)
+        return await run_rollouts(rows, factory, self.policy, settings, out, scorer=self.scorer)
 
 
 @dataclass(frozen=True)
@@ -217,13 +225,39 @@ async def play_step(run: Run, step: int, version: str) -> StepRollouts:
     return StepRollouts(rounds, prompts)
 
 
+def judge_failure(groups: list[TrajectoryGroup]) -> tuple[str, int] | None:
+    """Why a step is skipped, and how many groups failed judging: when every group that
+    reached the judge failed; else None."""
+    judged, failed = judge_outcome(groups)
+    if judged or not failed:
+        return None
+    errors = [t.error.message for g in groups for t in g.trajectories if t.judge_failed and t.error]
+    return f"the judge failed on all {failed} groups ({errors[-1]})", failed
+
+
 async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any], str]:
+    """One step's metrics row and the version it published. A step whose every group failed
+    judging publishes nothing: its row says `skipped` and the version stays."""
     config = run.config
     started = time.perf_counter()
     played = await play_step(run, step, version)
     summary = played.summary()
+    groups = played.groups()
+    failure = judge_failure(groups) if run.scorer is not None else None
+    if failure is not None:
+        reason, failed = failure
+        return {
+            "step": step,
+            "version": version,
+            "val_reward": None,
+            "reward_mean": None,
+            "skipped": reason,
+            "judge_failed_groups": failed,
+            "prompts_played": played.prompts,
+            "step_s": time.perf_counter() - started,
+        }, version
     sequences, stats = build_sequences(
-        played.groups(),
+        groups,
         scale_rewards=config.scale_rewards,
         max_tokens=config.max_sequence_tokens,
         max_groups=config.batch_size,
@@ -272,6 +306,8 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
         "learning_rate": run.scheduler.get_last_lr()[0],
         "step_s": time.perf_counter() - started,
     }
+    if run.scorer is not None:
+        row["judge_failed_groups"] = stats.judge_failed_groups
     return row, new_version
 
 
@@ -280,34 +316,72 @@ def val_rows_played(config: TrainConfig, val_rows: list[Row]) -> list[Row]:
     return val_rows[: config.eval_rows] if config.eval_rows else val_rows
 
 
-async def evaluate(run: Run, step: int, version: str) -> float:
+async def evaluate(run: Run, step: int, version: str) -> dict[str, Any]:
+    """The val figures of the metrics row: `val_reward` under the same reward blend as
+    training. With a judge, val rows it failed on are counted and left out of the mean (None
+    when it failed on all of them); each val group is one greedy attempt, judged alone."""
     config = run.config
     rows = val_rows_played(config, run.val_rows)
     out = config.output_dir / "eval" / f"step-{step:05d}.jsonl"
     played = await run.rollouts(
         rows, 1, out, f"eval{step}/", version, config.eval_temperature, run.val_pool
     )
-    return played.summary.reward.mean
+    reward = played.summary.reward
+    if run.scorer is None:
+        return {"val_reward": reward.mean}
+    _, failed = judge_outcome(played.groups())
+    return {"val_reward": reward.mean if reward.n else None, "val_judge_failed_groups": failed}
 
 
 def total_steps(config: TrainConfig, rows: int) -> int:
     return config.steps or config.epochs * math.ceil(rows / config.batch_size)
 
 
+def with_judge_stats(run: Run, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with what judging cost since the last row (train and val rollouts)."""
+    if run.scorer is not None:
+        row.update(judge_metrics(run.scorer.take_stats()))
+    return row
+
+
 async def train_loop(run: Run, first_step: int, version: str) -> str:
     config = run.config
     last = total_steps(config, len(run.train_rows))
     if first_step == 1 and run.val_rows:
-        run.metrics.log({"step": 0, "val_reward": await evaluate(run, 0, version)})
+        run.metrics.log(with_judge_stats(run, {"step": 0, **await evaluate(run, 0, version)}))
+    skipped_in_a_row: list[int] = []
     for step in range(first_step, last + 1):
         row, version = await train_step(run, step, version)
-        if run.val_rows and (step % config.eval_every == 0 or step == last):
-            row["val_reward"] = await evaluate(run, step, version)
-        run.metrics.log(row)
+        skipped = row.get("skipped")
+        if not skipped and run.val_rows and (step % config.eval_every == 0 or step == last):
+            row.update(await evaluate(run, step, version))
+        run.metrics.log(with_judge_stats(run, row))
+        if skipped:
+            # No update and no checkpoint: a resume plays this step again, and the engine
+            # asks the judge again about its stored episodes instead of replaying them.
+            print(f"step {step} skipped: {skipped}", file=sys.stderr, flush=True)
+            skipped_in_a_row.append(step)
+            stop_after_judge_failures(run, skipped_in_a_row, skipped)
+            continue
+        skipped_in_a_row = []
         state = TrainState(step=step, version=version, base_model=config.base_model,
                            seed=config.seed)  # fmt: skip
         save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler)
     return version
+
+
+def stop_after_judge_failures(run: Run, steps: list[int], reason: str) -> None:
+    ruler = run.config.reward.ruler
+    if ruler is None or len(steps) < ruler.max_failed_steps:
+        return
+    which = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+    checkpointed = (run.config.output_dir / "checkpoint" / "state.json").exists()
+    rerun = "rerun with --resume" if checkpointed else "rerun the same command"
+    raise TrainingStopped(
+        f"{which} skipped: the judge failed on every group, {len(steps)} step(s) in a row "
+        f"(reward.ruler.max_failed_steps); last: {reason}. Check that {ruler.judge} answers, "
+        f"then {rerun}: the episodes already played are judged again, not replayed"
+    )
 
 
 def resume_point(config: TrainConfig, resume: bool) -> tuple[TrainState | None, Any]:

@@ -4,7 +4,7 @@ A figure not measured at a step is None: null in metrics.jsonl, "-" in the table
 TensorBoard or on the curves. Never 0.0, which would read as a measurement (a kl_to_ref of 0
 says "the policy has not moved", not "KL was not computed"). kl_to_ref is measured only when
 kl_coef > 0; a run that never measures a figure can drop its table column (`unmeasured`), and
-a curve with no measured point gets no panel.
+a curve with no measured point gets no panel. The judge_* columns are a RULER run's (reward.ruler).
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ COLUMNS = (
     ("signal_groups", "{:>13}"),
     ("prompts_played", "{:>14}"),
     ("tokens_per_s", "{:>12.0f}"),
+    # with reward.ruler: what judging cost this step, and the groups it took out of the update
+    ("judge_calls", "{:>11}"),
+    ("judge_cache_hits", "{:>16}"),
+    ("judge_failed_groups", "{:>19}"),
+    ("judge_prompt_tokens", "{:>19}"),
+    ("judge_completion_tokens", "{:>23}"),
 )
+JUDGE_COLUMNS = tuple(name for name, _ in COLUMNS if name.startswith("judge_"))
 PANELS = ("reward_mean", "val_reward", "tool_calls", "kl_to_ref", "loss", "entropy")
 PANELS_PER_ROW = 3
 

@@ -22,8 +22,9 @@ from trainer.loop import (
     train_loop,
     val_rows_played,
 )
-from trainer.metrics import MetricsLog
+from trainer.metrics import JUDGE_COLUMNS, MetricsLog
 from trainer.publish import save_adapter, version_name
+from trainer.reward import check_labels, make_scorer
 
 
 @dataclass
@@ -82,6 +83,12 @@ def make_pool(config: TrainConfig, dataset: Path | None) -> EnvPool:
     )
 
 
+async def close_pools(*pools: EnvPool | None) -> None:
+    for pool in pools:
+        if pool is not None:
+            await pool.aclose()
+
+
 async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True) -> TrainResult:
     state, tensors = resume_point(config, resume)
     if config.train_dataset is None and "dataset" not in config.environment.kwargs:
@@ -90,6 +97,16 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     pool = make_pool(config, config.train_dataset)
     val_pool = make_pool(config, config.val_dataset) if config.val_dataset else None
     val_rows = val_pool.rows if val_pool else []
+    # Rows without reference answers are refused here when the grader has a share of the
+    # reward: before a model is loaded, not in the first episode.
+    try:
+        check_labels(
+            config, pool.rows, config.train_dataset or config.environment.kwargs["dataset"]
+        )
+        check_labels(config, val_rows, config.val_dataset)
+    except ConfigError:
+        await close_pools(pool, val_pool)
+        raise
     adapters = config.output_dir / "adapters"
     model, tokenizer = load_trainable(config, adapters / state.version if state else None)
     optimizer, scheduler = make_optimizer(model, config)
@@ -101,17 +118,19 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
     path = adapters / version if state else save_adapter(model, adapters, version)
     await policy.publish_adapter(path, version)
     # Without a KL penalty no reference pass runs, so kl_to_ref is never measured: no column.
-    unmeasured = () if config.kl_coef > 0 else ("kl_to_ref",)
+    unmeasured: tuple[str, ...] = () if config.kl_coef > 0 else ("kl_to_ref",)
+    if config.reward.ruler is None:  # no judge: its columns would be dashes only
+        unmeasured += JUDGE_COLUMNS
     metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured)
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, pool,
-              pool.rows, val_rows, metrics, val_pool)  # fmt: skip
+              pool.rows, val_rows, metrics, val_pool, make_scorer(config))  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)
     finally:
         curves = metrics.plot()
         metrics.close()
         await policy.aclose()
-        await pool.aclose()
+        await close_pools(pool, val_pool)
     val_curve = [
         (r["step"], r["val_reward"]) for r in metrics.rows if r.get("val_reward") is not None
     ]

@@ -45,14 +45,19 @@ def count_rows(rows: Iterable[Row]) -> SplitCounts:
 def render_counts(counts: Mapping[str, SplitCounts]) -> str:
     """One line per file/split: rows, then each difficulty, then each task type."""
     kinds = sorted({k for c in counts.values() for k in c.task_type})
-    header = ["", "rows", *DIFFICULTIES, *kinds]
+    # Generated tasks no policy was probed on are "unmeasured": a column only when there are any.
+    levels = [
+        *DIFFICULTIES,
+        *sorted({d for c in counts.values() for d in c.difficulty} - set(DIFFICULTIES)),
+    ]
+    header = ["", "rows", *levels, *kinds]
     table = [header]
     for name, c in counts.items():
         table.append(
             [
                 name,
                 str(c.rows),
-                *(str(c.difficulty.get(d, 0)) for d in DIFFICULTIES),
+                *(str(c.difficulty.get(d, 0)) for d in levels),
                 *(str(c.task_type.get(k, 0)) for k in kinds),
             ]
         )

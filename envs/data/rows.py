@@ -6,6 +6,9 @@
                   "must_use_tools": ["search", "read"]},
      "tools": [], "metadata": {"task_type": "lookup", "difficulty": "easy", ...}}
 
+`reference_answer` may be left out: such a row is a task without a label, which the
+environment's grader never grades (only a judge scoring attempts against each other can).
+
 Loading reports every bad line of a file at once (``file:line: problem``), because a dataset
 author fixing one error per run would take forever on a generated file.
 """
@@ -36,7 +39,9 @@ __all__ = [
     "write_rows",
 ]
 
-Difficulty = Literal["easy", "medium", "hard"]
+# "unmeasured": a generated task no policy has been probed on (`toolgym tasks generate`
+# without --policy, or a task without a reference answer): its difficulty is not guessed.
+Difficulty = Literal["easy", "medium", "hard", "unmeasured"]
 GraderHint = Literal["numeric", "string", "spans"]
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 
@@ -77,7 +82,9 @@ class Row(BaseModel):
 
     id: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
-    reference_answer: str | list[str]
+    # None: an unlabelled task (e.g. generated from a tool server). The environment's grader is
+    # never asked about it; only a reward without labels (a RULER judge alone) can score it.
+    reference_answer: str | list[str] | None = None
     expected: Expected = Field(default_factory=Expected)
     # Empty means "whatever the tool server offers" (GET /tools).
     tools: list[dict[str, Any]] = Field(default_factory=list)
@@ -86,7 +93,9 @@ class Row(BaseModel):
 
     @field_validator("reference_answer")
     @classmethod
-    def _answer_not_empty(cls, value: str | list[str]) -> str | list[str]:
+    def _answer_not_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return value
         answers = [value] if isinstance(value, str) else value
         if not answers or any(not a.strip() for a in answers):
             raise ValueError("reference_answer must be a non-empty string or list of them")
@@ -105,9 +114,16 @@ class Row(BaseModel):
                 )
         return value
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the row carries a reference answer for the grader."""
+        return self.reference_answer is not None
+
     def answers(self) -> list[str]:
-        """The reference answer as a list (one element unless multi-span)."""
+        """The reference answer as a list (one element unless multi-span; none if unlabelled)."""
         ref = self.reference_answer
+        if ref is None:
+            return []
         return [ref] if isinstance(ref, str) else list(ref)
 
 

@@ -19,10 +19,19 @@ from envs.data.rows import NumberedRow, Problem, read_rows
 __all__ = ["ValidationReport", "validate_command", "validate_files"]
 
 
+UNLABELLED_NOTE = (
+    "{count} row(s) in {file} have no reference_answer (null): valid, but the environment's "
+    "grader cannot score them; they need a reference-free reward, a RULER judge alone "
+    "(`toolgym rollout --ruler-model M --ruler-weight 1`; in a train config, `reward.ruler` "
+    "with no grader share)"
+)
+
+
 class ValidationReport(BaseModel):
     files: list[str] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
     counts: dict[str, SplitCounts] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)  # worth knowing, not wrong
 
     @property
     def ok(self) -> bool:
@@ -35,7 +44,8 @@ class ValidationReport(BaseModel):
             )
         else:
             head = f"OK: {len(self.files)} file(s), no problems"
-        return f"{head}\n\n{render_counts(self.counts)}"
+        notes = "".join(f"\nnote: {note}" for note in self.notes)
+        return f"{head}{notes}\n\n{render_counts(self.counts)}"
 
 
 def _norm(prompt: str) -> str:
@@ -104,6 +114,9 @@ def validate_files(paths: Sequence[Path], corpus_dir: Path | None = None) -> Val
         for item in rows:
             problems += _row_problems(name, item, Path(corpus_dir) if corpus_dir else None)
         report.counts[name] = count_rows(r.row for r in rows)
+        unlabelled = sum(1 for r in rows if r.row.reference_answer is None)
+        if unlabelled:
+            report.notes.append(UNLABELLED_NOTE.format(count=unlabelled, file=name))
     problems += _cross_problems(parsed)
     order = {name: i for i, name in enumerate(report.files)}
     problems.sort(key=lambda p: (order.get(p.file, -1), p.line))  # stable: checks keep order

@@ -113,6 +113,12 @@ class Reference(BaseModel):
     ) -> Reference:
         """From a dataset row: an `envs.data.rows.Row` or its JSON dict."""
         data: Mapping[str, Any] = row if isinstance(row, Mapping) else row.model_dump()
+        if data.get("reference_answer") is None:
+            # An unlabelled row: there is nothing to grade against, and no score to make up.
+            raise GraderInputError(
+                f"row {data.get('id', '?')!r} has no reference_answer: the grader cannot grade "
+                "it (score unlabelled rows with a judge alone: RULER, reward.grader 0)"
+            )
         expected = data.get("expected") or {}
         return cls(
             answer=data["reference_answer"],

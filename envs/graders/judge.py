@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -213,13 +214,19 @@ class JudgeGrader:
 
     async def ask(self, prompt: str, system: str = SYSTEM_PROMPT) -> str:
         """The judge's reply text; JudgeUnavailableError after the retry budget."""
+        return (await self.ask_reply(prompt, system)).text
+
+    async def ask_reply(self, prompt: str, system: str = SYSTEM_PROMPT) -> JudgeReply:
+        """The judge's reply with its token usage; JudgeUnavailableError after the retries."""
         if self._client is not None:
             return await self._post_with_retries(self._client, prompt, system)
         timeout = httpx.Timeout(self.config.timeout_s)
         async with httpx.AsyncClient(transport=self._transport, timeout=timeout) as client:
             return await self._post_with_retries(client, prompt, system)
 
-    async def _post_with_retries(self, client: httpx.AsyncClient, prompt: str, system: str) -> str:
+    async def _post_with_retries(
+        self, client: httpx.AsyncClient, prompt: str, system: str
+    ) -> JudgeReply:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         body = {
             "model": self.config.model,
@@ -250,13 +257,29 @@ class JudgeGrader:
         raise JudgeUnavailableError(f"{problem} (after {attempts} attempts to {url})")
 
 
-def _reply_text(response: httpx.Response) -> str:
+@dataclass(frozen=True)
+class JudgeReply:
+    """A judge's reply text and, when the server reported its `usage`, the tokens it cost."""
+
+    text: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def _usage(data: Any, key: str) -> int | None:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _reply_text(response: httpx.Response) -> JudgeReply:
     if response.status_code != 200:
         raise JudgeUnavailableError(f"HTTP {response.status_code}: {response.text[:200]}")
     try:
-        content = response.json()["choices"][0]["message"]["content"]
+        data = response.json()
+        content = data["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise JudgeUnavailableError(f"not a chat-completions reply ({exc!r})") from exc
     if not isinstance(content, str):
         raise JudgeUnavailableError("the reply has no text content")
-    return content
+    return JudgeReply(content, _usage(data, "prompt_tokens"), _usage(data, "completion_tokens"))

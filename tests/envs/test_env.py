@@ -105,9 +105,7 @@ def test_answering_without_tools_is_penalised(dataset: Path, http_server: LiveSe
     env = make_tool_env(dataset / "val.jsonl", http_server.url, TOKENS[0])
     row = next(r for r in load_rows(dataset / "val.jsonl") if r.expected.must_use_tools)
     env.reset(options={"row_id": row.id})
-    reference = (
-        row.reference_answer if isinstance(row.reference_answer, str) else row.reference_answer[0]
-    )
+    reference = row.answers()[0]
     _, reward, terminated, _, info = env.step(answer(f"Answer: {reference}"))
     env.close()
     assert terminated

@@ -19,6 +19,19 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.output_dir.is_absolute()  # relative to the file
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    load_config(path)
+
+
+def test_the_ruler_example_scores_with_a_judge_alone() -> None:
+    config = load_config(ROOT / "configs" / "ruler-example.yaml")
+    assert config.reward.ruler is not None and config.reward.ruler_weight == 1.0
+    assert not config.reward.needs_references  # its rows need no reference answer
+    assert config.reward.ruler.cache is not None  # relative to the file, as output_dir
+    assert config.reward.ruler.cache.resolve() == ROOT / "runs/ruler-example/judge-cache.jsonl"
+
+
 def test_overrides_reach_nested_keys() -> None:
     config = load_config(
         ROOT / "configs" / "cpu-tiny.yaml",
