@@ -26,6 +26,7 @@ from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy, 
 if TYPE_CHECKING:  # these load every environment: imported when a verb runs, not at startup
     from rollout.environments import EnvPool
     from rollout.evaluate import EvalRequest
+    from rollout.forgetting import ProbeRequest
     from rollout.prior_check import PriorCheckRun
 
 
@@ -279,7 +280,32 @@ def add_eval_command(sub: Any) -> None:
     evaluate.add_argument("--solved-threshold", type=fraction, default=0.5)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-progress", action="store_true")
+    add_release_arguments(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+
+def add_release_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """The release gate and the forgetting probes (see README, "Release gate")."""
+    group = evaluate.add_argument_group("release gate and forgetting")
+    group.add_argument(
+        "--gate", type=Path, help="gate.yaml: exit 1 when any of its rules fails (0 when all pass)"
+    )
+    group.add_argument(
+        "--probe-env",
+        help="environment both sides also play, to measure forgetting (default with "
+        "--probe-dataset: the other built-in, e.g. toolgym/TatQA-v0 for FilingsQA)",
+    )
+    group.add_argument("--probe-dataset", type=Path, help="the probe environment's rows JSONL")
+    group.add_argument(
+        "--probe-rows", type=positive_int, default=50, help="probe rows drawn with --seed"
+    )
+    group.add_argument("--probe-tools-url", help="the probe's tool server (default: --tools-url)")
+    group.add_argument(
+        "--no-kl", action="store_true", help="skip KL(tuned || base) (local policies load again)"
+    )
+    group.add_argument(
+        "--kl-sequences", type=positive_int, help="score at most this many tuned sequences"
+    )
 
 
 def eval_request(args: argparse.Namespace) -> EvalRequest:
@@ -287,6 +313,9 @@ def eval_request(args: argparse.Namespace) -> EvalRequest:
     wait neither for the rows nor for base's run (--rejudge plays no policy, so its models
     need not exist any more)."""
     from rollout.evaluate import EvalRequest
+    from rollout.gate import load_gate
+
+    gate = load_gate(args.gate) if args.gate is not None else None
 
     def spec(text: str) -> PolicySpec:
         return parse_policy(text, device=args.device, request_timeout_s=args.request_timeout)
@@ -309,12 +338,38 @@ def eval_request(args: argparse.Namespace) -> EvalRequest:
         seed=args.seed,
         progress=not args.no_progress,
         rejudge=args.rejudge,
+        gate=gate,
+        probe=probe_request(args),
+        kl=not args.no_kl,
+        kl_sequences=args.kl_sequences,
+    )
+
+
+def probe_request(args: argparse.Namespace) -> ProbeRequest | None:
+    """The probe set `--probe-*` describe; None when neither an environment nor rows are given."""
+    from rollout.forgetting import ProbeRequest, default_probe_env
+
+    if args.probe_env is None and args.probe_dataset is None:
+        return None
+    env_id = args.probe_env or default_probe_env(args.env)
+    if env_id is None:
+        raise RolloutConfigError(
+            f"--probe-dataset: {args.env} has no default probe environment; name one with "
+            "--probe-env ID (see `toolgym envs list`)"
+        )
+    return ProbeRequest(
+        env_id=env_id,
+        dataset=args.probe_dataset,
+        rows=args.probe_rows,
+        tools_url=args.probe_tools_url or args.tools_url,
+        transport=args.transport,
     )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """0, or 1 when a --gate rule failed (errors exit 2 through the composed CLI)."""
     from rollout.evaluate import run_eval
 
     outcome = asyncio.run(run_eval(eval_request(args)))
     print(outcome.terminal())
-    return 0
+    return outcome.exit_code

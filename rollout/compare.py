@@ -29,6 +29,8 @@ from rollout.summary import PassRates, pass_rates
 from rollout.trajectory import Trajectory
 
 Outcome = Literal["improved", "regressed", "unchanged_solved", "unchanged_unsolved", "failed"]
+# A row's majority outcome (more than half of its scored attempts solved) changed sides.
+Flip = Literal["pass_to_fail", "fail_to_pass"]
 
 MAX_SLICE_VALUES = 50  # more distinct values than this is an id or free text, not a slice
 MIN_SLICE_ROWS = 5  # smaller slices are listed; the spread (and worst, if it can) skips them
@@ -42,6 +44,12 @@ class SideResult(BaseModel):
     failed: int
     successes: int = 0  # scored attempts with reward >= the solved threshold
 
+    @property
+    def success_rate(self) -> float | None:
+        """Share of the scored attempts that solved the row; None when none was scored."""
+        scored = self.attempts - self.failed
+        return self.successes / scored if scored > 0 else None
+
 
 class SampleComparison(BaseModel):
     id: str
@@ -51,6 +59,11 @@ class SampleComparison(BaseModel):
     reward_delta: float | None
     tool_calls_delta: float
     outcome: Outcome
+    success_delta: float | None = None  # tuned - base success rate (share of solved attempts)
+    flip: Flip | None = None
+    # 95% interval of the mean success-rate delta of every cohort this row is in ("overall",
+    # "key=value"): filled in by rollout.stats once the whole comparison is known.
+    delta_ci: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
 
 class SliceStats(BaseModel):
@@ -123,6 +136,19 @@ def outcome_of(base: float | None, tuned: float | None, tolerance: float, solved
     return "unchanged_solved" if min(base, tuned) >= solved else "unchanged_unsolved"
 
 
+def flip_of(base: SideResult, tuned: SideResult) -> Flip | None:
+    """pass_to_fail when the row passed by majority (more than half of its scored attempts
+    solved) on base and not on tuned; fail_to_pass the other way. A tie is not a pass: with
+    2 of 4 solved the policy cannot be said to solve the row."""
+    base_rate, tuned_rate = base.success_rate, tuned.success_rate
+    if base_rate is None or tuned_rate is None:
+        return None
+    before, after = base_rate > 0.5, tuned_rate > 0.5
+    if before == after:
+        return None
+    return "pass_to_fail" if before else "fail_to_pass"
+
+
 def by_row(trajectories: list[Trajectory]) -> dict[str, list[Trajectory]]:
     rows: dict[str, list[Trajectory]] = defaultdict(list)
     for trajectory in trajectories:
@@ -144,6 +170,7 @@ def compare_samples(
         t = side_result(tuned_rows.get(row_id, []), solved_threshold)
         source = (base_rows.get(row_id) or tuned_rows[row_id])[0]
         delta = None if b.reward is None or t.reward is None else t.reward - b.reward
+        rates = (b.success_rate, t.success_rate)
         samples.append(
             SampleComparison(
                 id=row_id,
@@ -153,6 +180,8 @@ def compare_samples(
                 reward_delta=delta,
                 tool_calls_delta=t.tool_calls - b.tool_calls,
                 outcome=outcome_of(b.reward, t.reward, tolerance, solved_threshold),
+                success_delta=None if None in rates else (rates[1] or 0.0) - (rates[0] or 0.0),
+                flip=flip_of(b, t),
             )
         )
     return samples

@@ -61,6 +61,7 @@ class EnvPool:
                 self.kwargs[key] = value
         first = self._make()
         self.rows: list[Row] = list(first.rows)
+        check_rows_env(env_id, self.rows)
         self.kwargs["dataset"] = self.rows  # later environments reuse the loaded rows
         self._spare: list[AsyncToolEnv] = [first]
 
@@ -92,6 +93,26 @@ class EnvPool:
             await self._spare.pop().aclose()
 
 
+def check_rows_env(env_id: str, rows: list[Row]) -> None:
+    """Rows `toolgym tasks generate` wrote name the environment whose tool server they were
+    written from (`metadata.env_id`); played in another environment they ask about tools and
+    data it does not have, and every reward would be noise. Refused in one line."""
+    others = sorted({str(r.metadata.extra("env_id")) for r in rows if _foreign(r, env_id)})
+    if others:
+        count = sum(1 for r in rows if _foreign(r, env_id))
+        raise RolloutConfigError(
+            f"{count} of {len(rows)} rows were generated for {', '.join(others)} "
+            f"(metadata.env_id), not for {env_id}: play them in the environment they came from "
+            "(--env; environment.id in a train config), or remove metadata.env_id from the rows "
+            "to play them here anyway"
+        )
+
+
+def _foreign(row: Row, env_id: str) -> bool:
+    generated_for = row.metadata.extra("env_id")
+    return generated_for is not None and generated_for != env_id
+
+
 def _has_dataset(entry_point: Any, registered: Any, extra: dict[str, Any] | None) -> bool:
     """Whether an environment made by toolgym's own entry point gets its rows from somewhere;
     others (a plugin's class) may not need a dataset at all, so they are taken at their word."""
@@ -106,3 +127,17 @@ def sample_rows(rows: list[Row], n: int | None, seed: int) -> list[Row]:
         return list(rows)
     chosen = set(random.Random(seed).sample(range(len(rows)), n))
     return [row for i, row in enumerate(rows) if i in chosen]
+
+
+def labelled_rows(rows: list[Row], verb: str) -> list[Row]:
+    """The rows whose success the environment's grader can measure: those with a reference
+    answer (generated tasks may have none; a RULER judge scores those in training). None at all
+    is a one-line error, before a policy is opened."""
+    labelled = [row for row in rows if row.reference_answer is not None]
+    if rows and not labelled:
+        raise RolloutConfigError(
+            f"none of the {len(rows)} rows has a reference_answer: {verb} measures success with "
+            "the environment's grader, which needs one (rows without one are scored by a RULER "
+            "judge in training: reward: {grader: 0, ruler: {judge: NAME@URL}})"
+        )
+    return labelled

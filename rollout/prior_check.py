@@ -2,7 +2,9 @@
 
 K rows, N attempts each. A row the policy always solves or never solves gives every attempt
 the same reward: a group-relative advantage of zero, nothing to learn. The share of rows whose
-success rate sits inside the signal band is what GRPO can work with.
+success rate sits inside the signal band is what GRPO can work with. Success is the grader's
+reward against a reference answer, so rows without one (generated tasks may lack it) are left
+out and counted.
 
 GRPO sharpens what the policy can sometimes do, so the most it can hope to win on these rows is
 about the headroom pass@N - pass@1 (see rollout.summary.PassRates). `min_headroom` turns that
@@ -55,6 +57,9 @@ class PriorCheck(BaseModel):
     pass_at_k: float  # k = attempts_per_row: share of rows solved at least once
     headroom: float  # pass_at_k - pass_at_1: about the most RL can win on these rows
     min_headroom: float | None = None  # the gate asked for, if any
+    # Rows left out because they have no reference_answer: the grader cannot say whether an
+    # attempt at them succeeded (a RULER judge scores them, relative to each other, in training).
+    unlabelled: int = 0
     verdict: str
     learnable: bool
     outcomes: list[RowOutcome] = Field(default_factory=list)
@@ -65,6 +70,7 @@ class PriorCheck(BaseModel):
             [
                 f"rows {self.rows} x {self.attempts_per_row} attempts "
                 f"(success = reward >= {self.success_threshold:g})",
+                *self._left_out(),
                 f"  always    {self.always}",
                 f"  sometimes {self.sometimes}",
                 f"  never     {self.never}",
@@ -76,6 +82,14 @@ class PriorCheck(BaseModel):
                 f"verdict: {self.verdict}",
             ]
         )
+
+    def _left_out(self) -> list[str]:
+        if not self.unlabelled:
+            return []
+        return [
+            f"  left out: {self.unlabelled} row(s) without a reference_answer (the grader "
+            "cannot score them; a RULER judge does in training)"
+        ]
 
 
 def _verdict(always: float, never: float, share: float) -> tuple[str, bool]:
@@ -200,9 +214,10 @@ async def run_prior_check(
     The trajectories are kept in `out` when given (a rerun resumes it), else in a scratch file
     that is deleted. The caller owns `pool`; the policy is opened and closed here.
     """
-    from rollout.environments import sample_rows
+    from rollout.environments import labelled_rows, sample_rows
 
-    chosen = sample_rows(pool.rows, rows, settings.seed)
+    gradable = labelled_rows(pool.rows, "prior-check")
+    chosen = sample_rows(gradable, rows, settings.seed)
     policy = open_policy(spec)
     try:
         with tempfile.TemporaryDirectory() as scratch:
@@ -211,4 +226,5 @@ async def run_prior_check(
     finally:
         await policy.aclose()
     check = prior_check(played.groups(), success_threshold=threshold, min_headroom=min_headroom)
-    return PriorCheckRun(played, check)
+    unlabelled = len(pool.rows) - len(gradable)
+    return PriorCheckRun(played, check.model_copy(update={"unlabelled": unlabelled}))

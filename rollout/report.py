@@ -25,7 +25,11 @@ from rollout.compare import (
     shown_slices,
     worst_slice,
 )
+from rollout.release import ReleaseCheck
 from rollout.report_plots import plot_files
+from rollout.report_release import CSS as RELEASE_CSS
+from rollout.report_release import release_sections
+from rollout.stats import flip_rows
 from rollout.summary import PassRates
 from rollout.trajectory import Trajectory
 
@@ -323,6 +327,17 @@ def _list_html(
     return f"<h2>{title} ({len(items)})</h2>{body}"
 
 
+def _flips_html(comparison: Comparison, rows: _Rows) -> str:
+    """Rows whose majority outcome flipped: pass -> fail first, each with both traces."""
+    by_id = {s.id: s for s in comparison.samples}
+    flips = flip_rows(comparison.samples)
+    worse = [by_id[f.id] for f in flips if f.kind == "pass_to_fail"]
+    better = [by_id[f.id] for f in flips if f.kind == "fail_to_pass"]
+    return _list_html("Flips pass → fail, worst first", worse, rows, False) + _list_html(
+        "Flips fail → pass", better, rows, True
+    )
+
+
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1240px;padding:0 16px}
 h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -363,9 +378,11 @@ def render_html(
     references: dict[str, str],
     title: str,
     plots: dict[str, Path],
+    release: ReleaseCheck | None = None,
 ) -> str:
     """The whole report as one HTML document (no scripts, no external assets)."""
     rows = _Rows(by_row(base), by_row(tuned), references)
+    gate, figures = release_sections(release)
     improvements = sorted(
         (s for s in comparison.samples if s.outcome == "improved"),
         key=lambda s: (-(s.reward_delta or 0.0), s.id),
@@ -374,7 +391,10 @@ def render_html(
     body = "".join(
         [
             f"<h1>{_e(title)}</h1>",
+            gate,
             _summary_html(comparison),
+            figures,
+            _flips_html(comparison, rows) if release is not None else "",
             _slices_html(comparison),
             _plots_html(plots),
             _list_html("Regressions, worst first", comparison.regressions(), rows, False),
@@ -385,7 +405,8 @@ def render_html(
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f"<title>{_e(title)}</title><style>{CSS}{RELEASE_CSS}</style></head><body>{body}"
+        "</body></html>\n"
     )
 
 
@@ -397,11 +418,18 @@ def write_report(
     *,
     references: dict[str, str] | None = None,
     title: str = "toolgym eval",
+    release: ReleaseCheck | None = None,
 ) -> ReportFiles:
     """Write the PNGs and `report.html` (which embeds them) into out_dir."""
     plots = plot_files(comparison, out_dir)
     document = render_html(
-        comparison, base, tuned, references=references or {}, title=title, plots=plots
+        comparison,
+        base,
+        tuned,
+        references=references or {},
+        title=title,
+        plots=plots,
+        release=release,
     )
     path = out_dir / "report.html"
     path.write_text(document, encoding="utf-8")

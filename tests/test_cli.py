@@ -270,8 +270,15 @@ ENV_YAML = "id: acme/Bad-v0\ndataset: rows.jsonl\ntools_url: http://127.0.0.1:1\
 TRAIN_YAML = "base_model: m\ntrain_dataset: rows.jsonl\noutput_dir: run\n"
 POLICY = "--model m --base-url http://127.0.0.1:1/v1 --dataset {d}/rows.jsonl --no-progress"
 SERVED = "m@http://127.0.0.1:1/v1"
+GENERATED = {  # a row `toolgym tasks generate` wrote for another environment
+    **ROW,
+    "metadata": {"task_type": "lookup", "difficulty": "easy", "env_id": "acme/Notes-v0"},
+}
+UNLABELLED = {k: v for k, v in ROW.items() if k != "reference_answer"}
 FILES = {
     "rows.jsonl": json.dumps(ROW) + "\n",
+    "generated.jsonl": json.dumps(GENERATED) + "\n",
+    "unlabelled.jsonl": json.dumps(UNLABELLED) + "\n",
     "not-json.json": "not json\n",
     "env-grader.yaml": ENV_YAML + "grader: {type: nope}\n",
     "env-option.yaml": ENV_YAML + "grader: {type: numeric, tol: 0.1}\n",
@@ -290,6 +297,7 @@ FILES = {
     "train-option.yaml": TRAIN_YAML + "environment: {kwargs: {grader: {type: auto, x: 1}}}\n",
     "train-limits.yaml": TRAIN_YAML + "environment: {limits: {max_turns: 0}}\n",
     "train-env.yaml": TRAIN_YAML + "environment: {id: acme/Nope-v0}\n",
+    "train-generated.yaml": "base_model: m\ntrain_dataset: generated.jsonl\noutput_dir: run\n",
     "train-model.yaml": "base_model: empty-dir\ntrain_dataset: rows.jsonl\n",
     "train-epochs.yaml": TRAIN_YAML + "epochs: zero\n",
     "train-broken.yaml": "base_model: [unclosed\n",
@@ -331,6 +339,10 @@ BAD_INPUTS = [
     ),
     ("train --config {d}/train-env.yaml", "no environment 'acme/Nope-v0' is registered"),
     ("train --config {d}/train-model.yaml", "empty-dir has no config.json"),
+    (
+        "train --config {d}/train-generated.yaml",
+        "1 of 1 rows were generated for acme/Notes-v0 (metadata.env_id), not for toolgym/Filings",
+    ),
     ("train --config {d}/train-epochs.yaml", "epochs: Input should be a valid integer"),
     ("train --config {d}/train-broken.yaml", "is not valid YAML: while parsing a flow"),
     ("train --config {d}/binary.yaml", "not a UTF-8 text file"),
@@ -375,6 +387,15 @@ BAD_INPUTS = [
     ),
     (f"prior-check {POLICY} --rows -2", "--rows: expected a whole number >= 1, got '-2'"),
     (f"prior-check {POLICY} --threshold 2", "--threshold: expected a number from 0 to 1"),
+    (
+        "prior-check --model m --base-url http://127.0.0.1:1/v1 --dataset {d}/unlabelled.jsonl",
+        "none of the 1 rows has a reference_answer: prior-check measures success with the",
+    ),
+    (
+        "rollout --model m --base-url http://127.0.0.1:1/v1 --dataset {d}/generated.jsonl "
+        "--out {d}/o.jsonl",
+        "were generated for acme/Notes-v0 (metadata.env_id), not for toolgym/FilingsQA-v0: play",
+    ),
     (
         f"eval --base {SERVED} --tuned {SERVED} --dataset {{d}}/rows.jsonl --out {{d}} --n -1",
         "--n: expected a whole number >= 1, got '-1'",

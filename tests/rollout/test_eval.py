@@ -235,3 +235,32 @@ def test_rejudging_an_empty_file_says_to_run_eval_first(tmp_path: Path) -> None:
     with pytest.raises(RolloutConfigError, match="without --rejudge first"):
         asyncio.run(evaluate.rejudge_file(tmp_path / "base.jsonl", [], HalfGrader()))
     assert not (tmp_path / "base.jsonl").exists()  # nothing written
+
+
+def test_rows_without_a_reference_answer_are_left_out_and_counted(
+    data_dir: Path, http_server: LiveServer, tmp_path: Path, token: None, capsys: Any
+) -> None:
+    # Generated tasks may carry no answer: eval compares the sides on the rows it can grade.
+    rows = load_rows(data_dir / "val.jsonl")[:6]
+    unlabelled = {row.id for row in rows[:2]}
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        "".join(
+            row.model_copy(
+                update={"reference_answer": None} if row.id in unlabelled else {}
+            ).model_dump_json()
+            + "\n"
+            for row in rows
+        )
+    )
+    out = tmp_path / "eval"
+    with fake_vllm(FakeSettings(script=echo_script)) as served:
+        spec = f"{DEFAULT_MODEL}@{served.url}"
+        argv = [
+            "eval", "--dataset", str(mixed), "--base", spec, "--tuned", spec,
+            "--tools-url", http_server.url, "--out", str(out), "--no-kl",
+        ]  # fmt: skip
+        assert main(argv) == 0
+    assert "left out 2 row(s) without a reference_answer" in capsys.readouterr().err
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {s["id"] for s in samples} == {row.id for row in rows} - unlabelled

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 from _servers import fake_vllm
-from _task_model import task_model
-from _taskgen_kit import (
+
+from envs.data.rows import load_rows
+from mcpkit import needs_node
+from rollout.fake_vllm import DEFAULT_MODEL, ChatRequest, FakeSettings
+from taskgenkit import (
     FACTS,
     READING_TOOLS,
     clean_writer,
@@ -24,10 +27,7 @@ from _taskgen_kit import (
     tiny_embedder,
     write_notes,
 )
-
-from envs.data.rows import load_rows
-from mcpkit import needs_node
-from rollout.fake_vllm import DEFAULT_MODEL, ChatRequest, FakeSettings
+from taskmodelkit import task_model
 from trainer.cli import main
 
 pytestmark = [needs_node, pytest.mark.usefixtures("forget_new_envs")]

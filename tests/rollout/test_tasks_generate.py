@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _task_model import shown_observations, task_model
-from _taskgen_kit import (
+
+from envs.data.rows import load_rows
+from envs.data.validate import validate_files
+from mcpkit import needs_node, server_command
+from taskgenkit import (
     READ_ONLY_FS,
     READING_TOOLS,
     WRITE_FS,
@@ -30,10 +33,7 @@ from _taskgen_kit import (
     writer_with_a_fallback,
     year_prompt,
 )
-
-from envs.data.rows import load_rows
-from envs.data.validate import validate_files
-from mcpkit import needs_node, server_command
+from taskmodelkit import shown_observations, task_model
 
 pytestmark = [needs_node, pytest.mark.usefixtures("forget_new_envs")]
 

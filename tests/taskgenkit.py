@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _task_model import Shown, TaskModel, shown_observations
 
 import envs
 from mcpkit import server_command
+from taskmodelkit import Shown, TaskModel, shown_observations
 from toolservers.local_model import build_static_model
 from trainer.cli import main
 
