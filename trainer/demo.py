@@ -61,8 +61,9 @@ class DemoSettings:
     shape: PolicyShape = field(default_factory=PolicyShape)
     warm: WarmStartSettings = field(default_factory=WarmStartSettings)
     lookup_rows: int = 4000  # lookups built; the demo keeps the quarterly ones (~40%)
-    # Demonstrations answered from the prior-period column on purpose (envs.data.demonstrations)
-    misread_share: float = 0.0
+    # Rows answered in millions demonstrated twice, right and with the scale misread: a coin
+    # flip after the copied figure that GRPO learns to call (envs.data.demonstrations)
+    scale_slips: bool = True
     prior_rows: int = 128  # val rows of the headroom check
     prior_attempts: int = 8
     require_signal: bool = True  # stop when no val row is solved sometimes (nothing to learn)
@@ -238,8 +239,7 @@ def _demonstrations(
         data.train,
         mcp_url,
         work / "demos.jsonl",
-        misread_share=settings.misread_share,
-        seed=settings.seed,
+        scale_slips=settings.scale_slips,
     )
     demos = asyncio.run(recording)
     print(f"{len(demos)} demonstration episodes played over MCP ({mcp_url})")

@@ -24,10 +24,10 @@ class PolicyShape:
 
 
 async def record_demos(
-    env_id: str, rows_path: Path, mcp_url: str, out: Path, *, misread_share: float, seed: int
+    env_id: str, rows_path: Path, mcp_url: str, out: Path, *, scale_slips: bool
 ) -> list[Demonstration]:
-    """Play every row with the oracle through `env_id`, its tools reached over MCP; a seeded
-    `misread_share` of them answered from the neighbouring (prior-period) column."""
+    """Play every row with the oracle through `env_id`, its tools reached over MCP; with
+    `scale_slips` the rows answered in millions also once with the scale misread."""
     import gymnasium as gym
 
     rows = load_rows(rows_path)
@@ -39,7 +39,7 @@ async def record_demos(
     try:
         # top_k=1 and no reads: short episodes a small model can learn in minutes
         written, problems = await record_demonstrations(
-            env, rows, out, top_k=1, read=False, misread_share=misread_share, seed=seed
+            env, rows, out, top_k=1, read=False, scale_slips=scale_slips
         )
     finally:
         await env.aclose()
@@ -48,10 +48,10 @@ async def record_demos(
     if not written:
         raise TrainerError("no demonstration episode succeeded; see the problems above")
     demos = read_demonstrations(out)
-    misread = sum(d.misread for d in demos)
+    slips = sum(d.slip for d in demos)
     print(
-        f"{len(demos)} demonstrations: {len(demos) - misread} read the right column, "
-        f"{misread} the prior-period column (graded {_mean(d.reward for d in demos if d.misread)})"
+        f"{len(demos)} demonstrations: {len(demos) - slips} right, {slips} with the scale "
+        f"misread (thousand for million; graded {_mean(d.reward for d in demos if d.slip)})"
     )
     return demos
 

@@ -51,8 +51,8 @@ def add_commands(sub: argparse._SubParsersAction, demo: argparse._SubParsersActi
         help="go on to GRPO even when the check before it finds too little to learn",
     )  # fmt: skip
     run.add_argument(
-        "--misread-share", type=fraction, default=None,
-        help="share of demonstrations answered from the prior-period column on purpose (default 0)",
+        "--no-scale-slips", action="store_true",
+        help="demonstrate rows right only (default: rows in millions also with the scale slipped)",
     )  # fmt: skip
     run.add_argument(
         "--min-headroom", type=fraction, default=None,
@@ -89,8 +89,7 @@ def cmd_demo_run(args: argparse.Namespace) -> int:
         require_signal=not args.no_signal_gate,
         seed=args.seed,
     )
-    if args.misread_share is not None:
-        settings.misread_share = args.misread_share
+    settings.scale_slips = not args.no_scale_slips
     if args.min_headroom is not None:
         settings.min_headroom = args.min_headroom
     if args.sft_steps is not None:

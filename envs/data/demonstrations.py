@@ -9,11 +9,12 @@ document (following its paging notes until the figure shows up) and answer with
 a policy is fine-tuned on is the environment's own transcript, and it is right.
 
 A warm start that is always right leaves reinforcement learning nothing to choose between. With
-`misread_share` a seeded share of the single-search demonstrations answer with the figure in
-the column next to the right one (a statement's prior-period column: a real analyst's slip),
-and keep the grader's verdict on it. A policy fine-tuned on that mix can copy a figure from a
-tool result but reads the wrong column about that often; the grader's reward is what tells
-the two apart.
+`scale_slips` every single-search row whose answer is stated in millions is demonstrated twice:
+once right, and once with the scale misread ("$123.6 thousand": a statement's "(in millions)"
+overlooked, a real analyst's slip), graded as it is. Both copy the same figure, so what the
+policy learns to copy is never ambiguous (answers mixing the digits of two columns are what an
+earlier design, answering from the prior-period column, taught a small model); only the unit
+after the figure is a coin flip, and the grader's reward is what tells the two apart.
 
     async with ... as env:
         demo = await demonstrate(env, row)
@@ -23,7 +24,6 @@ the two apart.
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,7 +58,7 @@ class Demonstration(BaseModel):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]]
     reward: float
-    misread: bool = False  # answered from the neighbouring column on purpose (see above)
+    slip: bool = False  # the scale misread on purpose (see above)
 
 
 def _call(name: str, arguments: dict[str, Any], call_id: str) -> dict[str, Any]:
@@ -98,34 +98,23 @@ def stated_in_top_result(row: Row, search_output: str) -> bool:
     return figures[0] in _FIGURE.findall(lines[1])
 
 
-def neighbouring_figure(row: Row, search_output: str) -> str | None:
-    """The figure in the column after the row's reference figure in the top hit's snippet
-    (`Revenue | 12.9 | 14.1`: 14.1, the prior period), or None when there is no such column."""
-    figures = _FIGURE.findall(str(row.reference_answer))
-    lines = search_output.splitlines()
-    if len(figures) != 1 or len(lines) < 2:
+def scale_slip(answer: str) -> str | None:
+    """`answer` with its scale misread, millions taken for thousands; None for an answer that
+    states no millions (a percentage, a ratio)."""
+    if " million" not in answer:
         return None
-    after = re.search(re.escape(figures[0]) + r"\)?\s*\|\s*\(?(" + _FIGURE.pattern + ")", lines[1])
-    return after.group(1) if after else None
-
-
-def misread_answer(row: Row, search_output: str) -> str | None:
-    """The reference answer with its figure replaced by the neighbouring column's."""
-    neighbour = neighbouring_figure(row, search_output)
-    figure = _FIGURE.findall(str(row.reference_answer))
-    if neighbour is None or neighbour == figure[0]:
-        return None
-    return str(row.reference_answer).replace(figure[0], neighbour, 1)
+    return answer.replace(" million", " thousand", 1)
 
 
 async def demonstrate(
-    env: ToolEnv, row: Row, *, top_k: int = 3, read: bool = True, misread: bool = False
+    env: ToolEnv, row: Row, *, top_k: int = 3, read: bool = True, slip: bool = False
 ) -> Demonstration:
     """Play `row` with the oracle's actions; the environment runs the tools and grades.
 
     With `read=False` only rows the top search result answers are demonstrated (the others
-    raise `DemonstrationError`). With `misread` the answer is the neighbouring column's figure
-    (see the module's docstring) and the episode keeps whatever the grader gives it."""
+    raise `DemonstrationError`). With `slip` the answer's scale is misread (see the module's
+    docstring; `DemonstrationError` for an answer without one) and the episode keeps whatever
+    the grader gives it."""
     await env.areset(options={"row_id": row.id})
     tools = list(env.record.tools)
     plan = oracle_plan(row)
@@ -138,12 +127,14 @@ async def demonstrate(
     )
     if answer is None and not read:
         raise DemonstrationError(f"row {row.id}: the top search result does not state it")
-    wrong = misread_answer(row, found) if answer is not None and misread else None
-    if wrong is not None:  # (a row without a neighbouring column is demonstrated right)
-        return await _answer(env, row, wrong, tools, misread=True)
     if answer is None:
         answer = await _read_and_answer(env, row, plan.paths)
-    return await _answer(env, row, answer, tools)
+    if not slip:
+        return await _answer(env, row, answer, tools)
+    slipped = scale_slip(answer)
+    if slipped is None:
+        raise DemonstrationError(f"row {row.id}: its answer {answer!r} has no scale to misread")
+    return await _answer(env, row, slipped, tools, slip=True)
 
 
 async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
@@ -170,20 +161,18 @@ async def _read_and_answer(env: ToolEnv, row: Row, paths: list[str]) -> str:
 
 
 async def _answer(
-    env: ToolEnv, row: Row, answer: str, tools: list[dict[str, Any]], *, misread: bool = False
+    env: ToolEnv, row: Row, answer: str, tools: list[dict[str, Any]], *, slip: bool = False
 ) -> Demonstration:
     _, reward, terminated, _, _ = await env.astep(
         {"role": "assistant", "content": f"Answer: {answer}"}
     )
-    if not terminated or (reward < 1.0 and not misread):
+    if not terminated or (reward < 1.0 and not slip):
         grade = env.record.grade
         verdict = grade.model_dump(mode="json") if grade else None
         raise DemonstrationError(f"row {row.id}: graded {reward} ({verdict})")
     assert env.episode is not None
     messages = [dict(m) for m in env.episode.state.messages]
-    return Demonstration(
-        row_id=row.id, messages=messages, tools=tools, reward=reward, misread=misread
-    )
+    return Demonstration(row_id=row.id, messages=messages, tools=tools, reward=reward, slip=slip)
 
 
 async def record_demonstrations(
@@ -193,28 +182,25 @@ async def record_demonstrations(
     *,
     top_k: int = 3,
     read: bool = True,
-    misread_share: float = 0.0,
-    seed: int = 0,
+    scale_slips: bool = False,
 ) -> tuple[int, list[str]]:
-    """Write one JSONL line per demonstrated row; returns (written, problems). A share
-    `misread_share` of the rows, drawn with `seed`, is demonstrated misread (see above)."""
-    if not 0.0 <= misread_share <= 1.0:
-        raise ValueError(f"misread_share must be within [0, 1], not {misread_share}")
-    draw = random.Random(seed)
+    """Write one JSONL line per demonstration; returns (written, problems). With `scale_slips`
+    a row whose answer has a scale is demonstrated a second time, slipped (see above)."""
     problems: list[str] = []
     written = 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = list(rows)
     with out.open("w") as handle:
-        for row in tqdm(rows, desc="demonstrations", unit="episode", leave=False):
+        for row in tqdm(list(rows), desc="demonstrations", unit="episode", leave=False):
             try:
-                misread = draw.random() < misread_share
-                demo = await demonstrate(env, row, top_k=top_k, read=read, misread=misread)
+                demos = [await demonstrate(env, row, top_k=top_k, read=read)]
             except (DemonstrationError, OracleError) as exc:
                 problems.append(str(exc))
                 continue
-            handle.write(demo.model_dump_json() + "\n")
-            written += 1
+            if scale_slips and scale_slip(str(row.reference_answer)) is not None:
+                demos.append(await demonstrate(env, row, top_k=top_k, read=read, slip=True))
+            for demo in demos:
+                handle.write(demo.model_dump_json() + "\n")
+            written += len(demos)
     return written, problems
 
 

@@ -14,10 +14,9 @@ from envs.data.demonstrations import (
     Demonstration,
     DemonstrationError,
     demonstrate,
-    misread_answer,
-    neighbouring_figure,
     read_demonstrations,
     record_demonstrations,
+    scale_slip,
     stated_in_top_result,
 )
 from envs.data.rows import Row, load_rows
@@ -95,10 +94,10 @@ def test_without_reads_only_rows_the_search_answers_are_demonstrated(
     assert "answered" in outcomes  # the snippets start at the row asked about
 
 
-def test_misread_demonstrations_answer_the_neighbouring_column_and_keep_their_grade(
+def test_scale_slips_copy_the_same_figure_and_keep_their_grade(
     http_server: LiveServer, lookups: list[Row], tmp_path: Path
 ) -> None:
-    # rows that only require `search` (as the demo's rows do), played with and without misreads
+    # rows that only require `search` (as the demo's rows do), played with and without slips
     lookups = [
         row.model_copy(
             update={"expected": row.expected.model_copy(update={"must_use_tools": ["search"]})}
@@ -107,37 +106,35 @@ def test_misread_demonstrations_answer_the_neighbouring_column_and_keep_their_gr
     ]
     env = make_tool_env(lookups, http_server.url, TOKENS[0])
 
-    async def play(share: float, name: str) -> list[Demonstration]:
+    async def play(slips: bool, name: str) -> list[Demonstration]:
         try:
             await record_demonstrations(
-                env, lookups, tmp_path / name, top_k=1, read=False, misread_share=share, seed=3
+                env, lookups, tmp_path / name, top_k=1, read=False, scale_slips=slips
             )
         finally:
             await env.aclose()
         return read_demonstrations(tmp_path / name)
 
-    right = {d.row_id: d for d in asyncio.run(play(0.0, "right.jsonl"))}
-    mixed = asyncio.run(play(1.0, "mixed.jsonl"))
-    assert right and not any(d.misread for d in right.values())
-    misread = [d for d in mixed if d.misread]
-    assert misread, "every row with a neighbouring column is misread at share 1.0"
-    for demo in misread:
-        answer = demo.messages[-1]["content"]
-        snippet = demo.messages[3]["content"].splitlines()[1]
-        row = next(r for r in lookups if r.id == demo.row_id)
-        wrong = misread_answer(row, demo.messages[3]["content"])
-        assert wrong is not None and answer == f"Answer: {wrong}"
-        assert neighbouring_figure(row, demo.messages[3]["content"]) in snippet
-        assert demo.reward < 1.0  # the grader's verdict on the wrong column, kept as it is
-        assert right[demo.row_id].reward == 1.0  # the same row read right is right
-    # the draw is seeded: the same share and seed pick the same rows
-    again = asyncio.run(play(0.5, "a.jsonl")), asyncio.run(play(0.5, "b.jsonl"))
-    assert [d.misread for d in again[0]] == [d.misread for d in again[1]]
-    assert 0 < sum(d.misread for d in again[0]) < len(again[0])
-
-
-def test_a_misread_share_outside_zero_to_one_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="misread_share"):
-        asyncio.run(
-            record_demonstrations(None, [], tmp_path / "d.jsonl", misread_share=1.5)  # type: ignore[arg-type]
+    right = asyncio.run(play(False, "right.jsonl"))
+    mixed = asyncio.run(play(True, "mixed.jsonl"))
+    assert right and not any(d.slip for d in right)
+    assert [d for d in mixed if not d.slip] == right  # the right ones are all still there
+    slipped = [d for d in mixed if d.slip]
+    in_millions = [d for d in right if scale_slip(d.messages[-1]["content"]) is not None]
+    assert slipped and len(slipped) == len(in_millions), "each row in millions once slipped"
+    by_row = {d.row_id: d for d in right}
+    for demo in slipped:
+        twin = by_row[demo.row_id]
+        assert demo.messages[:-1] == twin.messages[:-1]  # the same search, the same result
+        assert demo.messages[-1]["content"] == twin.messages[-1]["content"].replace(
+            " million", " thousand", 1
         )
+        assert demo.reward < 1.0  # the grader's verdict on the wrong scale, kept as it is
+        assert twin.reward == 1.0
+
+
+def test_scale_slip_misreads_millions_only() -> None:
+    assert scale_slip("$1,234.5 million") == "$1,234.5 thousand"
+    assert scale_slip("-$12.0 million") == "-$12.0 thousand"
+    assert scale_slip("55.3%") is None
+    assert scale_slip("1.25x") is None

@@ -69,10 +69,8 @@ def test_the_demo_runs_every_step_and_stops_its_servers(
     assert Path(result.paths["training curves"]).is_file()
     assert (Path(result.paths["adapter"]) / "adapter_config.json").is_file()
     demos = (work / "demos.jsonl").read_text().splitlines()
-    # demonstrations are right, except those misread on purpose (the prior-period column)
-    assert demos and all(
-        json.loads(d)["reward"] == 1.0 for d in demos if not json.loads(d)["misread"]
-    )
+    # demonstrations are right, except those slipped on purpose (the scale misread)
+    assert demos and all(json.loads(d)["reward"] == 1.0 for d in demos if not json.loads(d)["slip"])
     # the servers it started are gone
     logs = (work / "logs" / "tools-http.log").read_text()
     assert "toolgym http server on http://127.0.0.1:" in logs
