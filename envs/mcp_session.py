@@ -10,11 +10,13 @@ with ToolServerUnavailableError: no call waits on a dead process. A deadline
 
 Sessions break: a restarted HTTP server forgets its sessions, a stdio process exits or is
 killed. The call that finds out raises ToolServerUnavailableError, which the Episode records
-as an infrastructure error (no grade). The next reset asks its `SessionSlot` for a live
-session: the slot probes the current one, finds it dead (it no longer answers), and opens a new
-one with the RetryPolicy's bounded retries and backoff. A JSON-RPC error the server chose to
-send for one request (bad arguments, an unknown tool) is not a broken session: the caller gets
-the MCPError and the model sees it as an error observation.
+as an infrastructure error (no grade) and marks the session broken. The next reset asks its
+`SessionSlot` for a live session: the slot finds the current one ended or broken and opens a
+new one with the RetryPolicy's bounded retries and backoff. A session that has not failed is
+reused without a probe: a reset costs no round trip (a server restarted between episodes is
+found by the next episode's first call, which then ends that episode as above). A JSON-RPC
+error the server chose to send for one request (bad arguments, an unknown tool) is not a
+broken session: the caller gets the MCPError and the model sees it as an error observation.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, ListToolsResult
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
 from envs.client import RetryPolicy
 from envs.errors import (
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     from mcp import Client
 
 T = TypeVar("T")
-PROBE_TIMEOUT_S = 5.0  # a live server answers the liveness probe in milliseconds
 CLOSE_TIMEOUT_S = 10.0  # the SDK's own stdio shutdown is bounded by about 7 s
 DEADLINE_SLACK_S = 5.0  # the SDK's read timeout should fire first; this is the backstop
 # Errors the SDK makes up for a session that is gone (the server did not send them).
@@ -87,6 +88,7 @@ class McpSession:
         self._waiting: set[asyncio.Future[Any]] = set()
         self._task: asyncio.Task[None] | None = None
         self.failure: ToolInfraError | None = None
+        self.broken = False  # a request found the session gone: never reused
 
     @property
     def alive(self) -> bool:
@@ -163,42 +165,32 @@ class McpSession:
             async with asyncio.timeout(deadline):
                 return await answer
         except TimeoutError:
+            self.broken = True
             raise ToolServerUnavailableError(
                 f"{self.where}: no answer to {what} within {deadline:g}s"
             ) from None
         except MCPError as exc:
             if not session_lost(exc):
                 raise
+            self.broken = True
             raise ToolServerUnavailableError(
                 f"{self.where}: {what} failed: {exc.message}{self._stderr_tail()}"
             ) from None
         except ToolInfraError:
             raise
         except Exception as exc:  # a result the SDK could not read, or a transport bug
+            self.broken = True
             raise ToolServerUnavailableError(
                 f"{self.where}: {what} failed: {exception_summary(exc)}"
             ) from None
         finally:
             self._waiting.discard(answer)
 
-    async def healthy(self) -> bool:
-        """Whether the session still answers. The probe is a fresh `tools/list`: every tool
-        server has it in every protocol version (ping is gone from the 2026 one), and it is
-        cheap. A JSON-RPC error in reply is still an answer."""
-        if not self.alive:
-            return False
-
-        async def probe(client: Client) -> ListToolsResult:
-            return await client.list_tools(cache_mode="refresh")
-
-        try:
-            async with asyncio.timeout(min(PROBE_TIMEOUT_S, self.timeout_s)):
-                await self.request(probe, "a liveness probe")
-        except MCPError:
-            return True
-        except (ToolInfraError, TimeoutError):
-            return False
-        return True
+    @property
+    def healthy(self) -> bool:
+        """Whether the session may serve the next episode: still open, and no request of its
+        found it gone."""
+        return self.alive and not self.broken
 
     async def aclose(self) -> None:
         task = self._task
@@ -226,7 +218,7 @@ class SessionSlot:
     async def live(self, *, fresh: bool = False) -> McpSession:
         async with self._lock:
             current, self._session = self._session, None
-            if current is not None and not fresh and await current.healthy():
+            if current is not None and not fresh and current.healthy:
                 self._session = current
                 return current
             if current is not None:
