@@ -28,7 +28,7 @@ COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --gener
 MCP_SERVERS := tests/mcp_servers
 MCP_STAMP := $(MCP_SERVERS)/node_modules/.installed
 
-.PHONY: install demo test lint typecheck unit docker-engine mcp-servers lock upgrade clean
+.PHONY: install demo test lint typecheck deploy-check unit docker-engine mcp-servers lock upgrade clean
 
 # Each step logs to $(INSTALL_LOG); a failing step prints that log's tail and stops make.
 logged = $(1) >$(INSTALL_LOG) 2>&1 || { tail -n 30 $(INSTALL_LOG); echo "install failed: $(2)"; exit 1; }
@@ -57,6 +57,17 @@ lint: install
 typecheck: install
 	$(BIN)/mypy $(PY_DIRS)
 
+# deploy/ (Slurm and Kubernetes recipe): shellcheck on every shell script, and the manifests
+# against the Kubernetes OpenAPI schemas that kubernetes-validate bundles (offline; --strict:
+# an unknown or misspelt field fails). Both tools come from the dev lock.
+SHELL_SCRIPTS := $(wildcard deploy/*/*.sh deploy/*/*.sbatch docker/*.sh)
+K8S_MANIFESTS := $(wildcard deploy/k8s/*.yaml deploy/k8s/*/*.yaml)
+K8S_VERSION := 1.37.0
+
+deploy-check: install
+	$(BIN)/shellcheck $(SHELL_SCRIPTS)
+	$(BIN)/kubernetes-validate --strict --quiet -k $(K8S_VERSION) $(K8S_MANIFESTS)
+
 unit: install
 	$(BIN)/pytest -q
 
@@ -83,7 +94,7 @@ $(MCP_STAMP): $(MCP_SERVERS)/package.json $(MCP_SERVERS)/package-lock.json
 
 mcp-servers: $(MCP_STAMP)
 
-test: install lint typecheck docker-engine mcp-servers unit
+test: install lint typecheck deploy-check docker-engine mcp-servers unit
 
 # Re-resolve both locks from pyproject.toml, keeping existing pins where they still fit. The
 # dev lock is constrained by the runtime lock, so the two never disagree on a version.
