@@ -7,6 +7,7 @@
     │   ├── PolicyRequestError      the server refused the request (4xx: bad model name, ...)
     │   └── TokenIdsMissingError    the server returned no token ids (a server, not a model, issue)
     ├── AdapterError                loading or unloading a LoRA adapter failed
+    │   └── AdapterTransientError   worth repeating: directory not visible yet, server unreachable
     ├── LaunchError                 `vllm serve` could not be built, started or never became healthy
     ├── RolloutConfigError          settings or inputs that cannot work
     └── RolloutAbortedError         more episodes failed than the failure budget allows
@@ -44,6 +45,11 @@ class TokenIdsMissingError(PolicyError):
 
 class AdapterError(RolloutError):
     pass
+
+
+class AdapterTransientError(AdapterError):
+    """A load that may succeed if repeated: the server cannot see the adapter directory yet
+    (a shared filesystem that lags), cannot be reached, or answered 5xx."""
 
 
 class LaunchError(RolloutError):

@@ -5,9 +5,11 @@ format: `return_token_ids`, per-token logprobs, hermes-parsed tool calls, runtim
 error bodies. This fake speaks that format with a toy tokenizer and a Qwen-like chat template
 (rollout.fake_chat), so the property the trainer relies on holds for real: a conversation
 re-rendered with the assistant's generated text extends the previous prompt + completion ids
-exactly. What the
-"model" says comes from a pluggable script; faults (delay, failures, hangs, a dead engine) are
-injected through a typed controller that tests reach as `app.state.fake.faults`.
+exactly. What the "model" says comes from a pluggable script (rollout.fake_scripts); faults
+(delay, failures, hangs, a dead engine) are injected through a typed controller that tests
+reach as `app.state.fake.faults`. Adapter loads behave as vLLM 0.33's do, down to the 404 for
+a directory the server cannot see (yet), so a lagging shared filesystem is simply a directory
+created late.
 
     python -m rollout.fake_vllm --host 127.0.0.1 --port 8000 [--delay S] [--script agent|echo]
 """
@@ -17,12 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from envs.markup import parse_tool_calls, render_tool_call
+from envs.markup import parse_tool_calls
 from rollout.fake_chat import (
     IM_END,
     ROLES,
@@ -45,10 +45,23 @@ from rollout.fake_chat import (
     token_text,
     toy_logprob,
 )
+from rollout.fake_scripts import SCRIPTS, Script, agent_script, echo_script
 
-__all__ = ["DEFAULT_MODEL", "IM_END", "SPECIAL_IDS", "decode", "encode", "render_prompt"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "IM_END",
+    "SCRIPTS",
+    "SPECIAL_IDS",
+    "agent_script",
+    "decode",
+    "echo_script",
+    "encode",
+    "message_text",
+    "render_prompt",
+]
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+_SPECIAL_ID_SET = frozenset(SPECIAL_IDS.values())
 # ---- wire models ----
 
 
@@ -106,43 +119,6 @@ def parse_hermes(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     return parsed.content_before or None, calls
 
 
-# ---- scripts: what the toy model says ----
-
-Script = Callable[[ChatRequest], str]
-_PATH = re.compile(r"\b(?:filings|reports)/[\w.\-/]+?\.html")
-_FIGURE = re.compile(
-    r"[$€£]\s?\d[\d,]*(?:\.\d+)?(?:\s?(?:million|billion|thousand|bn|m|k)\b)?"
-    r"|\d[\d,]*(?:\.\d+)?\s?(?:%|percent\b|million\b|billion\b|thousand\b|USD\b|EUR\b|GBP\b)"
-)
-
-
-def _last_text(request: ChatRequest, role: str) -> str:
-    for message in reversed(request.messages):
-        if message.get("role") == role:
-            return message_text(message.get("content"))
-    return ""
-
-
-def echo_script(request: ChatRequest) -> str:
-    return "Answer: " + _last_text(request, "user")
-
-
-def agent_script(request: ChatRequest) -> str:
-    """Search with the question, read the first path found, answer with the first figure."""
-    turn = sum(1 for m in request.messages if m.get("role") == "assistant")
-    names = {str((t.get("function") or {}).get("name")) for t in request.tools or []}
-    observation = _last_text(request, "tool")
-    if turn == 0 and "search" in names:
-        return render_tool_call("search", {"query": _last_text(request, "user")})
-    if turn == 1 and "read" in names and (path := _PATH.search(observation)):
-        return render_tool_call("read", {"path": path.group(0)})
-    figure = _FIGURE.search(observation) if turn >= 1 else None
-    return "Answer: " + (figure.group(0) if figure else "unknown")
-
-
-SCRIPTS: dict[str, Script] = {"echo": echo_script, "agent": agent_script}
-
-
 # ---- state, faults ----
 
 
@@ -188,6 +164,17 @@ class FakeSettings:
     tool_parser: bool = True  # --enable-auto-tool-choice --tool-call-parser hermes
     api_key: str | None = None  # guards /v1 like `--api-key`
     max_model_len: int = 32768
+    # One id per UTF-8 byte (special tokens stay single ids, every id < 256 + specials): ids a
+    # tiny local model's vocabulary covers, for tests that train on what the fake served.
+    byte_tokens: bool = False
+
+
+def byte_ids(ids: list[int]) -> list[int]:
+    """The toy ids split into single-byte ids; decode() reads both alike."""
+    out: list[int] = []
+    for token_id in ids:
+        out.extend((token_id,) if token_id in _SPECIAL_ID_SET else token_bytes(token_id))
+    return out
 
 
 @dataclass
@@ -195,11 +182,14 @@ class FakeVllm:
     settings: FakeSettings
     faults: FaultController = field(default_factory=FaultController)
     adapters: dict[str, str] = field(default_factory=dict)
+    load_attempts: dict[str, int] = field(default_factory=dict)  # by lora_name, failed included
     history: deque[ChatRequest] = field(default_factory=lambda: deque(maxlen=1000))
 
     def complete(self, request: ChatRequest, model: str) -> dict[str, Any]:
         """The chat.completion body, shaped exactly like vLLM's."""
         prompt_ids = encode_prompt(request.messages, request.tools)
+        if self.settings.byte_tokens:
+            prompt_ids = byte_ids(prompt_ids)
         wanted, most = len(prompt_ids) + (request.max_tokens or 1), self.settings.max_model_len
         if wanted > most:
             raise ValueError(
@@ -208,6 +198,8 @@ class FakeVllm:
                 "in the completion). Please reduce the length of the messages or completion."
             )
         generated = [*encode(self.settings.script(request)), IM_END]
+        if self.settings.byte_tokens:
+            generated = byte_ids(generated)
         limit = request.max_tokens or self.settings.max_model_len - len(prompt_ids)
         finish = "stop"
         if len(generated) > limit:
@@ -359,8 +351,11 @@ def _add_lora_routes(app: FastAPI, fake: FakeVllm) -> None:
                 f"The lora adapter '{name}' has already been loaded. If you want to load the "
                 "adapter in place, set 'load_inplace' to True.",
             )
+        fake.load_attempts[name] = fake.load_attempts.get(name, 0) + 1
         if not path.exists() or (path.is_dir() and not (path / "adapter_config.json").exists()):
-            return error_response(400, f"Loading lora {name} failed: No adapter found for {path}")
+            # vLLM 0.33 maps the worker's FileNotFoundError to 404 NotFoundError.
+            message = f"Loading lora {name} failed: No adapter found for {body.lora_path}"
+            return error_response(404, message)
         fake.adapters[name] = str(path)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -392,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY") or None)
     parser.add_argument("--no-tool-parser", action="store_true")
     parser.add_argument("--max-model-len", type=int, default=32768)
+    parser.add_argument("--byte-tokens", action="store_true", help="one id per UTF-8 byte")
     args, _ignored = parser.parse_known_args(argv)
     served = (
         args.positional[1]
@@ -407,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         tool_parser=not args.no_tool_parser,
         api_key=args.api_key,
         max_model_len=args.max_model_len,
+        byte_tokens=args.byte_tokens,
     )
     app = create_app(settings)
     app.state.fake.faults.delay_s = args.delay

@@ -7,6 +7,8 @@ as an unknown model or adapter name) is raised at once, since repeating it canno
 Several servers share the load by least outstanding requests: each request goes to the server
 with the fewest in flight (ties round-robin), and a server that just failed sits out a short,
 growing cool-down, so a dead replica is soon avoided instead of costing every request a retry.
+A new adapter version is loaded on every server at once before any request names it; a server
+that cannot load it leaves the rotation (rollout.adapter_fleet).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rollout.errors import (
 from rollout.policy import DEFAULT_REQUEST_TIMEOUT_S, Turn, TurnRequest
 
 if TYPE_CHECKING:
-    from rollout.vllm import AdapterClient
+    from rollout.adapter_fleet import AdapterFleet, PublishRetry
 
 API_KEY_ENV = "VLLM_API_KEY"
 _MAX_COOLDOWN_S = 60.0
@@ -107,6 +109,7 @@ class OpenAIPolicy:
         cooldown_s: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
         adapter_dir_on_server: Path | None = None,
+        publish_retry: PublishRetry | None = None,
     ) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
@@ -122,7 +125,8 @@ class OpenAIPolicy:
         self._next = 0  # round-robin cursor for ties
         self._api_key = api_key
         self.adapter_dir_on_server = adapter_dir_on_server  # where servers read published adapters
-        self._adapter_clients: list[AdapterClient] = []  # made by the first publish_adapter
+        self.publish_retry = publish_retry  # None: rollout.adapter_fleet's defaults
+        self._fleet: AdapterFleet | None = None  # made by the first publish_adapter
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         # httpx's pool scans all its connections for every request (quadratic under load), so
         # many small pools, each request on the least busy, keep the client's CPU per call flat.
@@ -252,28 +256,30 @@ class OpenAIPolicy:
         )
 
     async def publish_adapter(self, path: Path, version: str) -> None:
-        """Load the adapter as `version` on every server this policy plays on (requests are
-        balanced across them, so each must serve it), unload the previous version, and route
-        later requests to `version`."""
+        """Load the adapter as `version` on every server this policy plays on, all at once
+        (requests are balanced across them, so each must serve it before any asks for it);
+        only then route later requests to `version`. A server that cannot load it leaves the
+        rotation (rollout.adapter_fleet); AdapterError when none is left."""
         server_path = self.adapter_dir_on_server / path.name if self.adapter_dir_on_server else path
-        for client in self._adapter_clients_for_servers():
-            await client.publish(server_path, version)
+        serving = set(await self._adapter_fleet().publish(server_path, version))
+        self._backends = [backend for backend in self._backends if backend.url in serving]
         self._model = version
 
-    def _adapter_clients_for_servers(self) -> list[AdapterClient]:
-        if not self._adapter_clients:
-            from rollout.vllm import AdapterClient  # rollout.vllm imports this module
+    def _adapter_fleet(self) -> AdapterFleet:
+        if self._fleet is None:
+            # Imported here: adapter_fleet needs rollout.vllm, which imports this module.
+            from rollout.adapter_fleet import AdapterFleet
 
-            self._adapter_clients = [
-                AdapterClient(backend.url, api_key=self._api_key) for backend in self._backends
-            ]
-        return self._adapter_clients
+            self._fleet = AdapterFleet(
+                self.base_urls, api_key=self._api_key, retry=self.publish_retry
+            )
+        return self._fleet
 
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.http.aclose()
-        for client in self._adapter_clients:
-            await client.aclose()
+        if self._fleet is not None:
+            await self._fleet.aclose()
 
 
 def _tool_call(raw: Any) -> dict[str, Any]:

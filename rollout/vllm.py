@@ -6,10 +6,12 @@ reached over HTTP. The command line carries what rollouts rely on: tool calling 
 model's parser, processed logprobs, LoRA with a rank vLLM accepts, and runtime adapter routes
 (env VLLM_ALLOW_RUNTIME_LORA_UPDATING=1) so each new policy version can be published without a
 restart. The API key is read from an environment variable and never written to a log.
+Several servers on one machine (one per GPU or per tensor-parallel group): rollout.vllm_group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,11 +24,15 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from rollout.errors import AdapterError, LaunchError
+from rollout.errors import AdapterError, AdapterTransientError, LaunchError
 from rollout.openai_policy import API_KEY_ENV, normalise_base_url, server_message
 
+# vLLM 0.33 answers a load whose directory it cannot read with 404 NotFoundError "Loading lora
+# NAME failed: No adapter found for PATH" (a shared filesystem that has not caught up yet).
+_NOT_VISIBLE = "No adapter found"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+GPUS_ENV = "CUDA_VISIBLE_DEVICES"
 _PARSERS = (  # first match wins: (pattern on the lower-cased model name, vLLM tool parser)
     (r"qwen3-?coder", "qwen3_coder"),
     (r"qwen2|qwen3|qwq|hermes", "hermes"),
@@ -50,6 +56,8 @@ class VllmServeConfig(BaseModel):
     max_cpu_loras: int | None = None
     max_logprobs: int = Field(default=20, ge=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)  # GPUs one server spans
+    gpus: list[str] | None = None  # CUDA_VISIBLE_DEVICES for this server; None: inherited
     max_model_len: int | None = None
     api_key_env: str = API_KEY_ENV
     extra_args: list[str] = Field(default_factory=list)
@@ -98,6 +106,8 @@ def vllm_arguments(config: VllmServeConfig) -> list[str]:
     args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
     args += ["--max-logprobs", str(config.max_logprobs), "--logprobs-mode", "processed_logprobs"]
     args += ["--gpu-memory-utilization", f"{config.gpu_memory_utilization:g}"]
+    if config.tensor_parallel_size > 1:
+        args += ["--tensor-parallel-size", str(config.tensor_parallel_size)]
     if config.max_model_len:
         args += ["--max-model-len", str(config.max_model_len)]
     if config.uses_lora:
@@ -127,6 +137,8 @@ def vllm_command(config: VllmServeConfig) -> list[str]:
     mounts += [f"{Path(p).resolve()}:{Path(p).resolve()}" for p in local if Path(p).exists()]
     docker = ["docker", "run", "--rm", "--gpus", "all", "--network", "host", "--ipc", "host"]
     docker += ["-e", f"{RUNTIME_LORA_ENV}=1", "-e", "HF_TOKEN"]  # HF_TOKEN: value from our env
+    if config.gpus is not None:  # all GPUs go in; the variable (from vllm_environment) picks
+        docker += ["-e", GPUS_ENV]
     for mount in mounts:
         docker += ["-v", mount]
     return [*docker, config.docker_image, *vllm_arguments(config)]
@@ -140,11 +152,24 @@ def redacted(command: list[str]) -> list[str]:
     ]
 
 
-def vllm_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The server's environment: ours plus the switch that enables runtime adapter routes."""
+def vllm_environment(
+    base: dict[str, str] | None = None, gpus: list[str] | None = None
+) -> dict[str, str]:
+    """The server's environment: ours plus the switch that enables runtime adapter routes,
+    and the GPUs it may use when it is one of several."""
     env = dict(os.environ if base is None else base)
     env[RUNTIME_LORA_ENV] = "1"
+    if gpus is not None:
+        env[GPUS_ENV] = ",".join(gpus)
     return env
+
+
+def environment_changes(config: VllmServeConfig) -> dict[str, str]:
+    """What the server's environment adds to ours, as a dry run prints it."""
+    changes = {RUNTIME_LORA_ENV: "1"}
+    if config.gpus is not None:
+        changes[GPUS_ENV] = ",".join(config.gpus)
+    return changes
 
 
 @dataclass
@@ -159,16 +184,19 @@ class VllmProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def signal(self, number: int) -> None:
+        """Signal the whole process group (vLLM's engine runs in child processes)."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):  # it exited just now
+                os.killpg(self.process.pid, number)
+
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM the group, SIGKILL after `timeout_s`; returns the exit code."""
-        if self.running():
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
         return self.process.wait()
 
     def __enter__(self) -> VllmProcess:
@@ -186,7 +214,7 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _port_taken(host: str, port: int) -> bool:
+def port_taken(host: str, port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
@@ -200,9 +228,20 @@ def launch(
 ) -> VllmProcess:
     """Start the server and return once GET /health answers 200; LaunchError (with the log's
     last lines) as soon as the process exits, or when the timeout passes."""
-    command = vllm_command(config)
-    if _port_taken(config.host, config.port):
+    if port_taken(config.host, config.port):
         raise LaunchError(f"port {config.port} on {config.host} is in use: pick another --port")
+    server = start(config, log_path)
+    try:
+        wait_healthy(server, health_timeout_s, poll_s)
+    except BaseException:  # LaunchError, Ctrl-C: never leave a half-started server behind
+        server.stop(timeout_s=10)
+        raise
+    return server
+
+
+def start(config: VllmServeConfig, log_path: Path) -> VllmProcess:
+    """Start the process (in its own session, output to `log_path`) without waiting."""
+    command = vllm_command(config)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         try:
@@ -211,7 +250,7 @@ def launch(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=vllm_environment(),
+                env=vllm_environment(gpus=config.gpus),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -219,16 +258,11 @@ def launch(
                 f"cannot start {command[0]!r} ({exc.strerror}): install vLLM 0.33 in its own "
                 "venv and pass --vllm-bin PATH, or run the official image with --docker IMAGE"
             ) from None
-    server = VllmProcess(process, config.url, log_path, redacted(command))
-    try:
-        _wait_healthy(server, health_timeout_s, poll_s)
-    except BaseException:  # LaunchError, Ctrl-C: never leave a half-started server behind
-        server.stop(timeout_s=10)
-        raise
-    return server
+    return VllmProcess(process, config.url, log_path, redacted(command))
 
 
-def _wait_healthy(server: VllmProcess, timeout_s: float, poll_s: float) -> None:
+def wait_healthy(server: VllmProcess, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Return once GET /health answers 200; LaunchError with the log's tail otherwise."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=5.0) as http:
         while (code := server.process.poll()) is None:
@@ -244,9 +278,19 @@ def _wait_healthy(server: VllmProcess, timeout_s: float, poll_s: float) -> None:
                 )
             time.sleep(poll_s)
     raise LaunchError(
-        f"vLLM exited with code {code} before becoming healthy; last lines of "
+        f"vLLM at {server.url} exited with code {code} before becoming healthy; last lines of "
         f"{server.log_path}:\n{log_tail(server.log_path)}"
     )
+
+
+def _vllm_error(response: httpx.Response) -> bool:
+    """Whether the body is vLLM's own error shape, {"error": {...}}, as opposed to a framework
+    404 for a route that does not exist."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
 class AdapterClient:
@@ -266,17 +310,22 @@ class AdapterClient:
         try:
             response = await self._http.post(route, json=body)
         except httpx.HTTPError as exc:
-            raise AdapterError(f"cannot reach {self.base_url} to {action}: {exc!r}") from None
-        if response.status_code == 404 and "lora adapter" not in response.text.lower():
+            raise AdapterTransientError(
+                f"cannot reach {self.base_url} to {action}: {exc!r}"
+            ) from None
+        if response.status_code == 200:
+            return
+        problem = f"{self.base_url} could not {action} (HTTP {response.status_code})"
+        if response.status_code == 404 and not _vllm_error(response):
+            # FastAPI's own 404 ({"detail": "Not Found"}): the route itself is absent.
             raise AdapterError(
                 f"{self.base_url} has no {route} route, so it cannot {action}: start vLLM with "
                 f"{RUNTIME_LORA_ENV}=1 and --enable-lora (`toolgym vllm serve` does both)"
             )
-        if response.status_code != 200:
-            raise AdapterError(
-                f"{self.base_url} could not {action} (HTTP {response.status_code}): "
-                f"{server_message(response)}"
-            )
+        message = server_message(response)
+        if response.status_code >= 500 or _NOT_VISIBLE in message:
+            raise AdapterTransientError(f"{problem}: {message}")
+        raise AdapterError(f"{problem}: {message}")
 
     async def load(self, name: str, path: str | Path, *, inplace: bool = False) -> None:
         """The path must be readable by the server process (mount it when it runs in docker)."""

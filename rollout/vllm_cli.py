@@ -15,12 +15,15 @@ from pydantic import ValidationError
 
 from envs.argtypes import open_fraction, port, positive_float, positive_int
 from rollout.errors import LaunchError, RolloutConfigError, RolloutError
-from rollout.vllm import (
-    RUNTIME_LORA_ENV,
-    VllmServeConfig,
-    launch,
-    redacted,
-    vllm_command,
+from rollout.vllm import VllmServeConfig, environment_changes, redacted, vllm_command
+from rollout.vllm_group import (
+    ServerPlan,
+    available_gpus,
+    launch_group,
+    parse_gpus,
+    plan_servers,
+    stop_all,
+    url_lines,
 )
 
 
@@ -48,6 +51,25 @@ def add_vllm_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--served-model-name", default=None)
     serve.add_argument("--max-model-len", type=positive_int, default=None)
     serve.add_argument("--gpu-memory-utilization", type=open_fraction, default=0.9)
+    serve.add_argument(
+        "--servers",
+        type=positive_int,
+        default=1,
+        help="start N servers on ports PORT..PORT+N-1, each on its own GPU(s)",
+    )
+    serve.add_argument(
+        "--tensor-parallel-size",
+        type=positive_int,
+        default=1,
+        metavar="T",
+        help="GPUs per server (consecutive ones): N servers need N*T GPUs",
+    )
+    serve.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="GPU ids to share out, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES, else nvidia-smi)",
+    )
     runner = serve.add_mutually_exclusive_group()
     runner.add_argument("--vllm-bin", default="vllm", help="the `vllm` of vLLM's own venv")
     runner.add_argument("--docker", default=None, metavar="IMAGE", help="e.g. vllm/vllm-openai")
@@ -98,35 +120,69 @@ def _serve_config(args: argparse.Namespace) -> VllmServeConfig:
         max_loras=args.max_loras,
         max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
         extra_args=args.extra_arg,
         vllm_bin=args.vllm_bin,
         docker_image=args.docker,
     )
 
 
-def cmd_vllm_serve(args: argparse.Namespace) -> int:
+def server_plans(args: argparse.Namespace) -> tuple[list[ServerPlan], str | None]:
+    """The servers to start, and a note when the GPU list had to be assumed (dry run only)."""
     config = serve_config(args)
+    needed = args.servers * config.tensor_parallel_size
+    gpus = parse_gpus(args.gpus) if args.gpus else available_gpus() if needed > 1 else None
+    note = None
+    if gpus is None and needed > 1 and args.dry_run:
+        gpus = [str(index) for index in range(needed)]
+        note = (
+            f"# no GPU list here (CUDA_VISIBLE_DEVICES unset, no nvidia-smi): GPUs 0-{needed - 1}"
+        )
+    return plan_servers(config, args.servers, gpus, args.log), note
+
+
+def _show_dry_run(plans: list[ServerPlan], note: str | None, name: str) -> None:
+    if note:
+        print(note)
+    for plan in plans:
+        env = " ".join(f"{key}={value}" for key, value in environment_changes(plan.config).items())
+        print(f"{env} {' '.join(redacted(vllm_command(plan.config)))}  # log: {plan.log_path}")
+    for line in url_lines(name, [plan.url for plan in plans]):
+        print(line)
+
+
+def cmd_vllm_serve(args: argparse.Namespace) -> int:
+    plans, note = server_plans(args)
+    name = args.served_model_name or args.model
     if args.dry_run:
-        print(f"{RUNTIME_LORA_ENV}=1")
-        print(" ".join(redacted(vllm_command(config))))
+        _show_dry_run(plans, note, name)
         return 0
-    # Ctrl-C and SIGTERM both stop the server, even when started from a shell that ignores
+    # Ctrl-C and SIGTERM both stop the servers, even when started from a shell that ignores
     # SIGINT for background jobs (the disposition would otherwise be inherited).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"starting vLLM (log: {args.log}) ...", flush=True)
-    server = launch(config, args.log, health_timeout_s=args.health_timeout)
-    print(f"vLLM is healthy at {server.url} (serving {args.served_model_name or args.model})")
+    logs = ", ".join(str(plan.log_path) for plan in plans)
+    count = f"{len(plans)} vLLM servers" if len(plans) > 1 else "vLLM"
+    print(f"starting {count} (log: {logs}) ...", flush=True)
+    servers = launch_group(plans, health_timeout_s=args.health_timeout)
+    for plan in plans:
+        on = f" on GPU(s) {','.join(plan.config.gpus)}" if plan.config.gpus is not None else ""
+        print(f"vLLM is healthy at {plan.url} (serving {name}{on})")
+    print("\n".join(url_lines(name, [plan.url for plan in plans])))
     print("press Ctrl-C to stop", flush=True)
     try:
-        while server.running():
+        while all(server.running() for server in servers):
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("stopping vLLM ...", flush=True)
-        server.stop()
+        stop_all(servers)
         return 0
+    gone = next(server for server in servers if not server.running())
+    stop_all(servers)
+    others = " (the other servers were stopped)" if len(servers) > 1 else ""
     raise LaunchError(
-        f"vLLM exited on its own with code {server.process.returncode}; see {args.log}"
+        f"vLLM at {gone.url} exited on its own with code {gone.process.returncode}; "
+        f"see {gone.log_path}{others}"
     )
 
 

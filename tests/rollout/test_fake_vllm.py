@@ -192,7 +192,13 @@ def test_lora_routes_and_models(server: FakeServer, tmp_path: Path) -> None:
     inplace = {"lora_name": "policy-v1", "lora_path": str(adapter), "load_inplace": True}
     assert httpx.post(load, json=inplace).status_code == 200
     missing = httpx.post(load, json={"lora_name": "x", "lora_path": str(tmp_path / "none")})
-    assert missing.status_code == 400
+    assert missing.status_code == 404  # vLLM 0.33: NotFoundError, as for a lagging shared fs
+    assert missing.json()["error"] == {
+        "message": f"Loading lora x failed: No adapter found for {tmp_path / 'none'}",
+        "type": "NotFoundError",
+        "param": None,
+        "code": 404,
+    }
     models = httpx.get(f"{server.url}/v1/models").json()["data"]
     assert [m["id"] for m in models] == [DEFAULT_MODEL, "policy-v1"]
     assert models[1]["parent"] == DEFAULT_MODEL and models[1]["root"] == str(adapter)
@@ -235,3 +241,23 @@ def test_api_key_guards_v1_only() -> None:
         headers = {"Authorization": "Bearer sekret"}
         assert httpx.get(f"{live.url}/v1/models", headers=headers).status_code == 200
         assert httpx.get(f"{live.url}/health").status_code == 200
+
+
+def test_byte_tokens_fit_a_small_vocabulary_and_say_the_same() -> None:
+    """`byte_tokens`: one id per byte, so a tiny model (vocab 512) can train on what was served;
+    the text and the number of logprobs agree with the ids."""
+    messages = [{"role": "user", "content": "prix: 12 € in 2023"}]
+    with fake_vllm(FakeSettings(script=echo_script)) as toy:
+        wide = chat(toy.url, messages=messages).json()
+    with fake_vllm(FakeSettings(script=echo_script, byte_tokens=True)) as small:
+        narrow = chat(small.url, messages=messages).json()
+    ids = narrow["prompt_token_ids"] + narrow["choices"][0]["token_ids"]
+    assert max(ids) <= max(SPECIAL_IDS.values()) and max(wide["prompt_token_ids"]) > 1024
+    assert decode(narrow["prompt_token_ids"]) == decode(wide["prompt_token_ids"])
+    assert narrow["choices"][0]["message"] == wide["choices"][0]["message"]
+    entries = narrow["choices"][0]["logprobs"]["content"]
+    assert (
+        len(entries)
+        == len(narrow["choices"][0]["token_ids"])
+        > len(wide["choices"][0]["token_ids"])
+    )

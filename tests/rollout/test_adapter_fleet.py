@@ -1,0 +1,194 @@
+"""Publishing adapter versions to many vLLM servers: retries for a lagging shared filesystem,
+servers that leave the rotation, the run stopping when none is left, unloading everywhere.
+
+Real fake-vLLM servers under uvicorn on 127.0.0.1; the faults are real too: a directory that
+appears late, a server started without runtime adapter routes, a server that is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from _servers import FakeServer, fake_vllm, start_fake
+
+from rollout.adapter_fleet import PublishRetry
+from rollout.errors import AdapterError, AdapterTransientError, RolloutConfigError
+from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings
+from rollout.openai_policy import OpenAIPolicy
+from rollout.policy import SamplingParams, TurnRequest
+from rollout.vllm import AdapterClient
+
+QUESTION = TurnRequest(
+    [{"role": "user", "content": "What was the revenue?"}], [], SamplingParams(temperature=0.0)
+)
+LORA = FakeSettings(allow_runtime_lora=True)
+FAST = PublishRetry(attempts=3, total_wait_s=0.3)  # waits of 0.1 and 0.2 s
+
+
+def peft_dir(root: Path, name: str) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text('{"r": 8}')
+    return path
+
+
+def policy_on(*servers: FakeServer, retry: PublishRetry = FAST) -> OpenAIPolicy:
+    return OpenAIPolicy([s.url for s in servers], DEFAULT_MODEL, publish_retry=retry, attempts=1)
+
+
+async def models_on(url: str) -> list[str]:
+    client = AdapterClient(url)
+    try:
+        return await client.list_models()
+    finally:
+        await client.aclose()
+
+
+def test_publish_retry_waits_double_and_add_up_to_the_budget() -> None:
+    assert PublishRetry().waits() == [2.0, 4.0, 8.0, 16.0]
+    assert sum(PublishRetry(attempts=4, total_wait_s=7).waits()) == pytest.approx(7)
+    assert PublishRetry(attempts=1).waits() == []
+    with pytest.raises(RolloutConfigError, match="attempts >= 1"):
+        PublishRetry(attempts=0)
+
+
+def test_a_lagging_filesystem_is_retried_and_requests_wait_for_every_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new directory shows up 0.6 s after publishing starts; rollouts keep playing the
+    previous version meanwhile and never name the new one before both servers loaded it.
+    Old code: the first 404 "No adapter found" raised AdapterError at once (no retry)."""
+
+    async def appear_later(path: Path) -> None:
+        await asyncio.sleep(0.6)
+        peft_dir(path.parent, path.name)
+
+    async def run(one: FakeServer, two: FakeServer) -> None:
+        policy = policy_on(one, two, retry=PublishRetry(attempts=6, total_wait_s=6.0))
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            late = tmp_path / "v0002"
+            publishing = asyncio.create_task(policy.publish_adapter(late, "v0002"))
+            appearing = asyncio.create_task(appear_later(late))
+            during = []
+            while not publishing.done():
+                during.append((await policy.complete(QUESTION)).model)
+                await asyncio.sleep(0.05)
+            await publishing
+            await appearing
+            assert during and set(during) == {"v0001"}, during
+            assert policy.model == "v0002"
+            after = [(await policy.complete(QUESTION)).model for _ in range(4)]
+            assert after == ["v0002"] * 4
+            for server in (one, two):  # loaded on both, previous version unloaded on both
+                assert await models_on(server.url) == [DEFAULT_MODEL, "v0002"]
+        finally:
+            await policy.aclose()
+
+    with fake_vllm(LORA) as one, fake_vllm(LORA) as two:
+        asyncio.run(run(one, two))
+        for server in (one, two):
+            assert server.fake.load_attempts["v0002"] >= 2  # it did fail at first, then loaded
+            assert server.faults.received == server.faults.served >= 3  # no request refused
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trouble", ["no adapter routes", "stopped"])
+def test_a_server_that_cannot_load_leaves_the_rotation_and_rollouts_go_on(
+    trouble: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Old code: the publish raised AdapterError for the bad server and the run stopped."""
+
+    async def run(good: FakeServer, bad: FakeServer) -> None:
+        policy = policy_on(good, bad)
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            assert policy.base_urls == [good.url]
+            turns = [await policy.complete(QUESTION) for _ in range(6)]
+            assert {turn.model for turn in turns} == {"v0001"}
+            await policy.publish_adapter(peft_dir(tmp_path, "v0002"), "v0002")
+            assert (await policy.complete(QUESTION)).model == "v0002"
+        finally:
+            await policy.aclose()
+
+    settings = FakeSettings() if trouble == "no adapter routes" else LORA
+    with fake_vllm(LORA) as good, fake_vllm(settings) as bad:
+        if trouble == "stopped":
+            bad.stop()
+        asyncio.run(run(good, bad))
+        assert good.faults.served == 7 and bad.faults.received == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 1, lines  # one line, once: a dropped server is not asked again
+    assert f"policy server {bad.url} taken out of rotation" in lines[0]
+    assert "'v0001'" in lines[0] and "(1 server(s) left)" in lines[0]
+    why = "has no /v1/load_lora_adapter route" if trouble != "stopped" else "cannot reach"
+    assert why in lines[0]
+    if trouble == "stopped":
+        assert "after 3 attempt(s) over 0.3 s" in lines[0]
+
+
+def test_no_server_left_stops_the_run_with_every_reason(tmp_path: Path) -> None:
+    """Old code: the AdapterError named the first server only, and never retried."""
+
+    async def run(one: FakeServer, two: FakeServer) -> None:
+        policy = policy_on(one, two)
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            with pytest.raises(AdapterError) as info:
+                await policy.publish_adapter(tmp_path / "never-written", "v0002")
+            message = str(info.value)
+            assert "\n" not in message and "could not be loaded on any policy server" in message
+            assert message.count("No adapter found") == 2
+            assert one.url in message and two.url in message
+            assert policy.model == "v0001"  # never routed to a version no server has
+        finally:
+            await policy.aclose()
+
+    with fake_vllm(LORA) as one, fake_vllm(LORA) as two:
+        asyncio.run(run(one, two))
+        assert one.fake.load_attempts["v0002"] == two.fake.load_attempts["v0002"] == 3
+
+
+def test_an_unload_failure_only_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async def run(one: FakeServer, two: FakeServer) -> None:
+        policy = policy_on(one, two)
+        client = AdapterClient(two.url)
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            await client.unload("v0001")  # someone else already took it away on one server
+            await policy.publish_adapter(peft_dir(tmp_path, "v0002"), "v0002")
+            assert policy.base_urls == [one.url, two.url]  # still in rotation
+            for url in policy.base_urls:
+                assert await models_on(url) == [DEFAULT_MODEL, "v0002"]
+        finally:
+            await client.aclose()
+            await policy.aclose()
+
+    with fake_vllm(LORA) as one, fake_vllm(LORA) as two:
+        asyncio.run(run(one, two))
+    err = capsys.readouterr().err
+    assert f"previous adapter 'v0001' stays loaded on {two.url}" in err and "cannot be found" in err
+
+
+def test_the_client_tells_a_lagging_directory_from_a_missing_route(tmp_path: Path) -> None:
+    async def load(url: str) -> AdapterError:
+        client = AdapterClient(url)
+        try:
+            with pytest.raises(AdapterError) as info:
+                await client.load("v1", tmp_path / "not-yet")
+            return info.value
+        finally:
+            await client.aclose()
+
+    with fake_vllm(LORA) as lora:
+        lagging = asyncio.run(load(lora.url))
+    plain = start_fake()
+    try:
+        routeless = asyncio.run(load(plain.url))
+    finally:
+        plain.stop()
+    assert isinstance(lagging, AdapterTransientError) and "HTTP 404" in str(lagging)
+    assert not isinstance(routeless, AdapterTransientError)
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in str(routeless)
