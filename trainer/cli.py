@@ -15,10 +15,15 @@ from envs import cli as envs_cli
 from rollout import cli as rollout_cli
 from toolservers import cli as toolservers_cli
 from toolservers.cli import ToolgymParser, known_failure, one_line, run_verb
+from trainer import plan_cli
 from trainer import verbs as trainer_verbs
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    toolservers_cli.ERRORS + envs_cli.ERRORS + rollout_cli.ERRORS + trainer_verbs.ERRORS
+    toolservers_cli.ERRORS
+    + envs_cli.ERRORS
+    + rollout_cli.ERRORS
+    + trainer_verbs.ERRORS
+    + plan_cli.ERRORS
 )
 
 __all__ = ["KNOWN_ERRORS", "ToolgymParser", "build_parser", "known_failure", "main", "one_line"]
@@ -31,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs_cli.add_commands(sub)
     rollout_cli.add_commands(sub)
     trainer_verbs.add_commands(sub, demo)
+    plan_cli.add_commands(sub)
     return parser
 
 
