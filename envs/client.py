@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from envs.errors import EnvConfigError, ToolAuthError, ToolServerUnavailableError
+from envs.replicas import ReplicaSet, parse_urls, shared_replicas
 from envs.stdio import StdioCommand
 
 
@@ -86,19 +87,25 @@ def bearer_headers(token: str | None) -> dict[str, str]:
 
 
 class HttpToolClient:
-    """The tool HTTP contract over httpx; pass `transport=httpx.ASGITransport(app)` in-process."""
+    """The tool HTTP contract over httpx; pass `transport=httpx.ASGITransport(app)` in-process.
+
+    `base_url` may name several replicas of one stateless server (a list, or comma-separated):
+    each request goes to the least busy (`envs.replicas`), and a failed try is retried on
+    another replica, within the RetryPolicy's attempts. `replicas` shares the balancing state;
+    by default every client of the same URLs in this process shares one."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        replicas: ReplicaSet | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
+        self.replicas = replicas or shared_replicas("http", parse_urls(base_url))
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
             headers=bearer_headers(token),
             transport=transport,
             timeout=self.retry.timeout_s,
@@ -111,25 +118,40 @@ class HttpToolClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         delay = self.retry.backoff_s
+        tried: list[str] = []
         problem = ""
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                await asyncio.sleep(delay)
-                delay *= 2
-            try:
-                response = await self._http.request(method, path, json=body)
-            except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code == 401:
-                raise ToolAuthError(f"tool server at {self._http.base_url} refused the token (401)")
+        for _ in range(self.retry.attempts):
+            with self.replicas.lease(avoid=tried) as url:
+                if url in tried:  # no other replica to fail over to: back off first
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                tried.append(url)
+                try:
+                    response = await self._http.request(method, url + path, json=body)
+                except httpx.TransportError as exc:
+                    problem = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
+                    self.replicas.failed(url)
+                    continue
+            if response.status_code == 401:  # a wrong token: every replica would say the same
+                raise ToolAuthError(f"tool server at {url} refused the token (401)")
             if response.status_code >= 500:
-                problem = f"HTTP {response.status_code}"
+                problem = f"{url}: HTTP {response.status_code}"
+                self.replicas.failed(url)
                 continue
+            self.replicas.ok(url)
             return response
-        raise ToolServerUnavailableError(
-            f"tool server at {self._http.base_url} failed {self.retry.attempts} times on "
-            f"{path}: {problem}"
+        raise ToolServerUnavailableError(self._exhausted(path, tried, problem))
+
+    def _exhausted(self, path: str, tried: list[str], problem: str) -> str:
+        attempts = self.retry.attempts
+        if len(self.replicas) == 1:
+            url = self.replicas.urls[0]
+            problem = problem.removeprefix(f"{url}: ")  # said once is enough
+            return f"tool server at {url} failed {attempts} times on {path}: {problem}"
+        names = ", ".join(dict.fromkeys(tried))
+        return (
+            f"tool servers failed {attempts} times on {path} (replicas tried: {names}); "
+            f"last problem at {problem}"
         )
 
     async def specs(self) -> list[dict[str, Any]]:
@@ -251,7 +273,7 @@ class ServerSettings:
     first episode of a run."""
 
     transport: str = "http"
-    tools_url: str | None = None
+    tools_urls: tuple[str, ...] = ()  # http/mcp: one server, or several replicas of it
     headers: tuple[tuple[str, str], ...] = ()  # mcp: sent on every request
     stdio: StdioCommand | None = None  # stdio: the server's command, env and cwd
     isolation: str = "pool"  # pool: one server/session shared; episode: a fresh one per reset
@@ -261,7 +283,7 @@ class ServerSettings:
     def of(
         cls,
         transport: str = "http",
-        tools_url: str | None = None,
+        tools_url: str | Sequence[str] | None = None,
         *,
         headers: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
@@ -272,8 +294,10 @@ class ServerSettings:
         need_url: bool = True,
     ) -> ServerSettings:
         """The checked settings; EnvConfigError names the first problem in one line.
-        `need_url=False` leaves a missing tools_url to `open_tool_client` (an in-process app,
-        or a caller that fails later in its own order, may stand in for it)."""
+        `tools_url` is one URL or several replicas of the same server (a list, or a
+        comma-separated string). `need_url=False` leaves a missing tools_url to
+        `open_tool_client` (an in-process app, or a caller that fails later in its own order,
+        may stand in for it)."""
         if transport not in TRANSPORTS:
             raise EnvConfigError(
                 f"unknown tool transport {transport!r}: use {', '.join(map(repr, TRANSPORTS))}"
@@ -281,6 +305,7 @@ class ServerSettings:
         if isolation not in ISOLATIONS:
             raise EnvConfigError(f"isolation: {isolation!r} is not one of {', '.join(ISOLATIONS)}")
         stdio = _check_endpoint(transport, tools_url, command, env, cwd, need_url)
+        urls = parse_urls(tools_url)
         _check_headers(transport, headers)
         if isolation == "episode" and transport == "http":
             raise EnvConfigError("isolation: episode needs an MCP transport (mcp or stdio)")
@@ -288,7 +313,7 @@ class ServerSettings:
             raise EnvConfigError("tools: expected a non-empty list of tool names")
         return cls(
             transport,
-            tools_url,
+            urls,
             tuple((headers or {}).items()),
             stdio,
             isolation,
@@ -298,7 +323,7 @@ class ServerSettings:
 
 def _check_endpoint(
     transport: str,
-    tools_url: str | None,
+    tools_url: str | Sequence[str] | None,
     command: Sequence[str] | None,
     env: Mapping[str, str] | None,
     cwd: str | Path | None,
@@ -312,7 +337,7 @@ def _check_endpoint(
     given = [name for name, value in (("command", command), ("env", env), ("cwd", cwd)) if value]
     if given:
         raise EnvConfigError(f"{', '.join(given)}: only for transport stdio, not {transport}")
-    if not tools_url and need_url:
+    if not parse_urls(tools_url) and need_url:
         raise EnvConfigError(no_server(transport))
     return None
 
@@ -351,27 +376,31 @@ def open_tool_client(
     client: ToolClient
     if asgi_app is not None:
         transport = httpx.ASGITransport(asgi_app)
-        client = HttpToolClient("http://toolserver", token, transport=transport, retry=retry)
+        # Its own balancing state: in-process apps share a made-up URL, not a server.
+        replicas = ReplicaSet(["http://toolserver"])
+        client = HttpToolClient(
+            "http://toolserver", token, transport=transport, retry=retry, replicas=replicas
+        )
     elif settings.stdio is not None:
         from envs.mcp_client import McpStdioClient
 
         client = McpStdioClient(settings.stdio, isolation=settings.isolation, retry=retry)
-    elif not settings.tools_url:
+    elif not settings.tools_urls:
         raise EnvConfigError(no_server(settings.transport))
     elif settings.transport == "http":
-        client = HttpToolClient(settings.tools_url, token, retry=retry)
+        client = HttpToolClient(settings.tools_urls, token, retry=retry)
     else:
         from envs.mcp_client import McpHttpClient
 
         headers = dict(settings.headers)
         client = McpHttpClient(
-            settings.tools_url, token, headers=headers, isolation=settings.isolation, retry=retry
+            settings.tools_urls, token, headers=headers, isolation=settings.isolation, retry=retry
         )
     return ToolSubset(client, settings.tools) if settings.tools else client
 
 
 def make_tool_client(
-    tools_url: str | None,
+    tools_url: str | Sequence[str] | None,
     token: str | None = None,
     *,
     transport: str = "http",

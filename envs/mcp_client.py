@@ -12,7 +12,8 @@ OpenAI-shaped specs, which go into chat templates.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from envs.errors import (
 )
 from envs.mcp_content import render_resource, render_result
 from envs.mcp_session import McpSession, SessionSlot
+from envs.replicas import ReplicaSet, parse_urls, shared_replicas
 from envs.stdio import SharedSlots, StdioCommand, StdioLaunch
 
 if TYPE_CHECKING:
@@ -94,7 +96,7 @@ class McpClient:
                 self._tools = await session.request(_all_tools, "tools/list")
             except MCPError as exc:
                 raise ToolServerUnavailableError(
-                    f"{self.where}: tools/list failed: {exc.message}"
+                    f"{session.where}: tools/list failed: {exc.message}"
                 ) from None
         return self._tools
 
@@ -157,53 +159,98 @@ class McpClient:
         return render_result(result)
 
 
+def mcp_endpoint(url: str) -> str:
+    """`http://host:8081` and `http://host:8081/mcp` both mean the server's MCP endpoint."""
+    return url if url.rstrip("/").endswith("/mcp") else url.rstrip("/") + "/mcp"
+
+
 class McpHttpClient(McpClient):
     """MCP over streamable HTTP. `isolation: pool` keeps one session per client (reopened when
-    it breaks); `episode` opens a fresh one at every reset, so a stateful server starts over."""
+    it breaks); `episode` opens a fresh one at every reset, so a stateful server starts over.
+
+    `url` may name several replicas (a list, or comma-separated). A session is state on one
+    server, so the balancing is per session: each new session opens on the replica with the
+    fewest sessions open (`envs.replicas`, shared by every client of the same URLs), and one
+    that cannot open there, or that broke, cools that replica down; the next try opens on
+    another."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None = None,
         *,
         headers: Mapping[str, str] | None = None,
         isolation: str = "pool",
         retry: RetryPolicy | None = None,
+        replicas: ReplicaSet | None = None,
     ) -> None:
-        self.url = url if url.rstrip("/").endswith("/mcp") else url.rstrip("/") + "/mcp"
-        super().__init__(f"MCP server at {self.url}", retry)
+        endpoints = tuple(mcp_endpoint(u) for u in parse_urls(url))
+        self.replicas = replicas or shared_replicas("mcp", endpoints)
+        super().__init__(f"MCP server at {', '.join(self.replicas.urls)}", retry)
         self.headers = {**(headers or {}), **bearer_headers(token)}
         self.isolation = isolation
         self._slot = SessionSlot(self._new_session, self.retry)
 
     def _new_session(self) -> McpSession:
-        return McpSession(self.where, self._connect, self.retry.timeout_s, explain=self._explain)
+        # The replica is chosen when the session's task connects (`_connect`), so sessions
+        # opened together each see the ones before them counted.
+        session = McpSession(
+            self.where,
+            lambda: self._connect(session),
+            self.retry.timeout_s,
+            explain=lambda exc: self._explain(session.where, exc),
+        )
+        return session
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[Client]:
+    async def _connect(self, session: McpSession) -> AsyncIterator[Client]:
         import httpx2
         from mcp import Client
         from mcp.client.streamable_http import streamable_http_client
 
-        async with (
-            httpx2.AsyncClient(headers=self.headers, timeout=self.retry.timeout_s) as http,
-            Client(streamable_http_client(self.url, http_client=http)) as client,
-        ):
-            yield client
+        opened = False
+        with self.replicas.lease() as url:  # one session counted open on `url` till it ends
+            session.where, session.replica = f"MCP server at {url}", url
+            try:
+                async with (
+                    httpx2.AsyncClient(headers=self.headers, timeout=self.retry.timeout_s) as http,
+                    Client(streamable_http_client(url, http_client=http)) as client,
+                ):
+                    self.replicas.ok(url)
+                    opened = True
+                    yield client
+            except Exception as exc:  # could not open, or the server went away under it
+                if not refused_token(exc):
+                    self.replicas.failed(url)
+                raise
+            except asyncio.CancelledError:  # McpSession.open gave up waiting: no answer there
+                if not opened:
+                    self.replicas.failed(url)
+                raise
 
-    def _explain(self, exc: BaseException) -> ToolInfraError:
+    @staticmethod
+    def _explain(where: str, exc: BaseException) -> ToolInfraError:
         if isinstance(exc, ToolInfraError):
             return exc
-        if "401" in repr(exc) or "Unauthorized" in repr(exc):
-            return ToolAuthError(f"{self.where} refused the token")
-        return ToolServerUnavailableError(f"{self.where}: {exception_summary(exc)}")
+        if refused_token(exc):
+            return ToolAuthError(f"{where} refused the token")
+        return ToolServerUnavailableError(f"{where}: {exception_summary(exc)}")
 
     async def _next_session(self) -> McpSession:
+        current = self._session
+        # A request found it gone while its transport still stood (no answer in time, a server
+        # that forgot it): `_connect` saw nothing, so the replica is told about it here.
+        if current is not None and current.broken and current.failure is None and current.replica:
+            self.replicas.failed(current.replica)
         return await self._slot.live(fresh=self.isolation == "episode")
 
     async def aclose(self) -> None:
         self._session = None
         await self._slot.aclose()
+
+
+def refused_token(exc: BaseException) -> bool:
+    return "401" in repr(exc) or "Unauthorized" in repr(exc)
 
 
 _POOL: SharedSlots[SessionSlot] = SharedSlots()

@@ -77,6 +77,7 @@ class McpSession:
         open_timeout_s: float | None = None,
     ) -> None:
         self.where = where  # "MCP server at URL" / "MCP server `command`", for messages
+        self.replica: str | None = None  # the replica URL it opened on, where there are several
         self.timeout_s = timeout_s  # per request
         # Opening may include starting a process (a cold interpreter, a Node server): its own
         # bound, so that a short per-request timeout does not make slow starters unusable.
@@ -229,6 +230,7 @@ class SessionSlot:
     async def _open(self) -> McpSession:
         delay = self.retry.backoff_s
         problem: ToolServerUnavailableError | None = None
+        tried: list[str] = []  # each session's `where`: several when the server has replicas
         for attempt in range(self.retry.attempts):
             if attempt:
                 await asyncio.sleep(delay)
@@ -241,7 +243,10 @@ class SessionSlot:
                 raise
             except ToolServerUnavailableError as exc:
                 problem = exc
-        raise ToolServerUnavailableError(f"{problem} (tried {self.retry.attempts} times)")
+                tried.append(session.where)
+        places = list(dict.fromkeys(tried))
+        also = f"; tried: {', '.join(places)}" if len(places) > 1 else ""
+        raise ToolServerUnavailableError(f"{problem} (tried {self.retry.attempts} times{also})")
 
     async def aclose(self) -> None:
         async with self._lock:

@@ -92,14 +92,16 @@ class YamlEnvSpec(BaseModel):
     """A no-code environment. Relative `dataset` and `cwd` paths are relative to the YAML file.
 
     The tool server is either a URL (`transport: http` or `mcp`, with `headers` for mcp) or a
-    stdio MCP server started from `command` (with `env`, `cwd`). Which keys go with which
+    stdio MCP server started from `command` (with `env`, `cwd`). `tools_url` may list several
+    replicas of one stateless server (a YAML list, or comma-separated), balanced by the client
+    (`envs.replicas`); they all get the same token. Which keys go with which
     transport is checked by `envs.client.ServerSettings`, so YAML and kwargs get the same
     one-line errors."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[\w.-]+/[\w.-]+-v\d+$")
     dataset: Path
-    tools_url: str | None = None
+    tools_url: str | list[str] | None = None  # one URL, or replicas of the same server
     transport: str = Field(default="http", pattern=r"^(http|mcp|stdio)$")
     # No default: a third party's server must never receive toolgym's TOOL_BEARER unasked.
     token_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -171,7 +171,7 @@ def load_dataset_rows(dataset: str | Path | Sequence[Row]) -> list[Row]:
 
 def make_tool_env(
     dataset: str | Path | Sequence[Row],
-    tools_url: str | None = None,
+    tools_url: str | Sequence[str] | None = None,
     token: str | None = None,
     *,
     token_env: str | None = None,
@@ -190,16 +190,17 @@ def make_tool_env(
 ) -> ToolEnv:
     """The entry point behind the registered ids: kwargs in, a ready environment out.
 
-    The tool server is a URL (`transport` http or mcp, with `headers` for mcp) or a stdio
-    MCP server started from `command` (with `env` and `cwd`); `isolation` and `tools` are
+    The tool server is a URL (`transport` http or mcp, with `headers` for mcp), several
+    replicas of one (a list of URLs, or one comma-separated string: see `envs.replicas`), or a
+    stdio MCP server started from `command` (with `env` and `cwd`); `isolation` and `tools` are
     described in `envs.client.ServerSettings`. They are checked here, so a setting that cannot
     work fails now rather than in the first episode.
 
     The tool server sees `token` if given, else the first token in the variable `token_env`
     (the built-in ids name TOOL_BEARER; the variable is read now, once), else no
-    Authorization header at all. Nothing is read by default: a plugin registering this entry
-    point without `token_env` must not receive toolgym's own token. A stdio server never
-    receives a token.
+    Authorization header at all; every replica gets the same. Nothing is read by default: a
+    plugin registering this entry point without `token_env` must not receive toolgym's own
+    token. A stdio server never receives a token.
     """
     from envs.grading import episode_grader
 

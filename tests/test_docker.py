@@ -7,6 +7,8 @@ with nothing changed since the last build, docker/build.sh takes seconds (all la
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import secrets
@@ -281,3 +283,95 @@ def test_compose_publishes_both_services_on_loopback_only(tmp_path: Path) -> Non
         timeout=60,
     )
     assert check.returncode == 0, check.stderr
+
+
+def _episode_rows(folder: Path) -> Path:
+    row = {
+        "id": "r1",
+        "prompt": "What was Henderson Industries' Q3 2025 operating margin?",
+        "reference_answer": "13.4%",
+        "metadata": {"task_type": "numerical_qa", "difficulty": "easy"},
+    }
+    path = folder / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    return path
+
+
+def _play(env: Any) -> dict[str, Any]:
+    """One episode: a search, then an answer; the final info."""
+    env.reset(seed=0)
+    function = {"name": "search", "arguments": json.dumps(SEARCH["arguments"])}
+    tool_call = {"id": "c0", "type": "function", "function": function}
+    env.step({"role": "assistant", "content": "", "tool_calls": [tool_call]})
+    *_, info = env.step({"role": "assistant", "content": "Answer: 13.4%"})
+    return dict(info)
+
+
+def test_compose_scales_each_transport_and_an_env_uses_every_replica(
+    image: str, token: str, tmp_path: Path
+) -> None:
+    from envs.replicas import shared_replicas
+    from envs.tool_env import make_tool_env
+
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    shutil.copy(DOCKER_DIR / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(f"TOOL_BEARER={token}\n")
+    project = f"toolgym-test-{secrets.token_hex(4)}"
+    env = {
+        **os.environ,
+        "TOOLGYM_IMAGE": image,
+        "TOOLGYM_HTTP_PORT": "",  # empty: Docker picks a free loopback port per replica
+        "TOOLGYM_MCP_PORT": "",
+        "COMPOSE_FILE": str(tmp_path / "compose.yaml"),
+        "COMPOSE_PROJECT_NAME": project,
+    }
+    command = [*compose, "-f", env["COMPOSE_FILE"], "-p", project]
+    try:
+        up = subprocess.run(
+            [*command, "up", "-d", "--scale", "tools-http=2", "--scale", "tools-mcp=2"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        urls = {}
+        for service in ("tools-http", "tools-mcp"):
+            listed = subprocess.run(
+                ["bash", str(DOCKER_DIR / "replica-urls.sh"), service],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            urls[service] = listed.stdout.strip().split(",")
+            assert len(set(urls[service])) == 2, listed.stdout
+            for url in urls[service]:
+                base = url.removesuffix("/mcp")
+                wait_until(
+                    functools.partial(answers_health, base),
+                    what=f"{service} replica {base} to answer /health",
+                    timeout_s=START_TIMEOUT_S,
+                    interval_s=0.5,
+                )
+        rows = _episode_rows(tmp_path)
+        for transport, service in (("http", "tools-http"), ("mcp", "tools-mcp")):
+            # mcp: a session per episode, so one environment's episodes visit both replicas
+            isolation = "episode" if transport == "mcp" else "pool"
+            tool_env = make_tool_env(
+                rows, urls[service], token, transport=transport, isolation=isolation
+            )
+            try:
+                for _ in range(4):
+                    info = _play(tool_env)
+                    assert info["infra_error"] is None, info["infra_error"]
+                    assert info["tool_calls"][0]["ok"], info["tool_calls"]
+                # The balancing state every client of these URLs shares: answers per replica.
+                replicas = shared_replicas(transport, urls[service]).snapshot()
+                served = {url: replica.served for url, replica in replicas.items()}
+            finally:
+                tool_env.close()
+            assert set(served) == set(urls[service])
+            assert all(count >= 1 for count in served.values()), (service, served)
+    finally:
+        subprocess.run(
+            [*command, "down", "--volumes", "--remove-orphans"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
