@@ -2,7 +2,8 @@
 
 The state file is written last, by rename, so a kill at any point leaves the previous complete
 checkpoint. Data order is a pure function of (seed, step), so the step number is all it takes
-to continue with the same prompts.
+to continue with the same prompts. A data-parallel run records its world size: each rank's
+share of a half-played step is in its own rollouts file, so it resumes with the same number.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TrainState(BaseModel):
     version: str  # the adapter version the policy served after it
     base_model: str
     seed: int
+    world_size: int = 1  # ranks that trained it (trainer.distributed); older checkpoints: 1
 
 
 def checkpoint_dir(output_dir: Path) -> Path:
@@ -42,7 +44,9 @@ def save_checkpoint(output_dir: Path, state: TrainState, optimizer: Any, schedul
     os.replace(partial, directory / "state.json")
 
 
-def load_checkpoint(output_dir: Path, base_model: str) -> tuple[TrainState, dict[str, Any]]:
+def load_checkpoint(
+    output_dir: Path, base_model: str, world_size: int = 1
+) -> tuple[TrainState, dict[str, Any]]:
     directory = checkpoint_dir(output_dir)
     try:
         state = TrainState.model_validate(json.loads((directory / "state.json").read_text()))
@@ -56,4 +60,14 @@ def load_checkpoint(output_dir: Path, base_model: str) -> tuple[TrainState, dict
             f"the checkpoint in {output_dir} is for base model {state.base_model!r}, "
             f"not {base_model!r}: resume with the same config, or use another output_dir"
         )
+    check_world_size(state, output_dir, world_size)
     return state, tensors
+
+
+def check_world_size(state: TrainState, output_dir: Path, world_size: int) -> None:
+    if state.world_size != world_size:
+        raise CheckpointError(
+            f"the checkpoint in {output_dir} was trained by {state.world_size} process(es), "
+            f"not {world_size}: resume with --nproc-per-node {state.world_size} "
+            "(or the same launcher layout)"
+        )

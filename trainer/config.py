@@ -210,6 +210,10 @@ class TrainConfig(BaseModel):
     max_kl: float = Field(default=10.0, gt=0)  # stop when kl_to_ref exceeds this
     seed: int = 0
     output_dir: Path = Path("runs/toolgym")
+    # Data-parallel runs (trainer.distributed): how long a rank waits for the others at a
+    # collective (each rollout round ends with one, so the slowest rank's lead must fit)
+    # before the run stops. A rank that dies is noticed by the launcher at once, not after this.
+    distributed_timeout_s: float = Field(default=1800.0, gt=0)
 
     @model_validator(mode="after")
     def _backend_needs(self) -> TrainConfig:

@@ -12,7 +12,8 @@ whose every group failed is skipped (no update, adapter or checkpoint), and
 Everything a step writes lives under `output_dir`: rollouts/step-00k.jsonl (every round of the
 step, resumable on its own), adapters/v000k, checkpoint/, metrics.jsonl, tensorboard/,
 curves.png. The rollout files are written for resuming and reading; the step trains on the
-trajectories the engine returns.
+trajectories the engine returns. Data-parallel (trainer.distributed), each rank plays its share
+of every round into its own rollouts/step-00k.rank{r}.jsonl and rank 0 writes everything else.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
 from envs.data.rows import Row
 from rollout.engine import RolloutResult, RolloutSettings, run_rollouts
 from rollout.environments import EnvPool
@@ -38,6 +37,15 @@ from rollout.trajectory import Trajectory, TrajectoryGroup, group_trajectories
 from trainer.batch import build_sequences
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
+from trainer.distributed import (
+    SINGLE,
+    DistContext,
+    check_same_adapter,
+    gather,
+    play_shared,
+    publish,
+    sum_counts,
+)
 from trainer.errors import ConfigError, TrainingStopped
 from trainer.metrics import MetricsLog
 from trainer.publish import save_adapter, version_name
@@ -84,37 +92,6 @@ def refill_count(missing: int, signal: int, played: int, batch_size: int) -> int
     return min(batch_size, math.ceil(missing * played / signal))
 
 
-def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]:
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    base: Any = AutoModelForCausalLM.from_pretrained(config.base_model)
-    base = base.to(config.policy.device)
-    if adapter is not None:
-        return PeftModel.from_pretrained(base, adapter, is_trainable=True), tokenizer
-    lora = LoraConfig(
-        r=config.lora.rank,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, lora), tokenizer
-
-
-def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    warmup = config.warmup_steps
-
-    def schedule(step: int) -> float:
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
 @dataclass
 class Run:
     """What the loop holds between steps."""
@@ -131,6 +108,13 @@ class Run:
     metrics: MetricsLog
     val_pool: EnvPool | None = None  # environments over the val rows (else `pool`)
     scorer: RulerScorer | None = None  # reward.ruler: the judge scoring every group
+    dist: DistContext = SINGLE  # data-parallel: this process's rank (trainer.distributed)
+    ddp: Any = None  # `model` wrapped in DDP when dist spans several ranks
+
+    @property
+    def trained(self) -> Any:
+        """What the update runs through: DDP over the model, or the model alone."""
+        return self.ddp if self.ddp is not None else self.model
 
     def settings(
         self, group_size: int, prefix: str, version: str, temperature: float | None = None
@@ -163,9 +147,16 @@ class Run:
         temperature: float | None = None,
         pool: EnvPool | None = None,
     ) -> RolloutResult:
+        """Every rank plays its share of `rows` and gets all of them back (trainer.distributed)."""
         settings = self.settings(group_size, prefix, version, temperature)
         factory = (pool or self.pool).factory()
-        return await run_rollouts(rows, factory, self.policy, settings, out, scorer=self.scorer)
+
+        async def play(share: list[Row], path: Path) -> RolloutResult:
+            return await run_rollouts(
+                share, factory, self.policy, settings, path, scorer=self.scorer
+            )
+
+        return await play_shared(self.dist, rows, out, play)
 
 
 @dataclass(frozen=True)
@@ -266,7 +257,10 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     update_started = time.perf_counter()
     result = None
     if sequences:
-        result = grpo_update(run.model, run.optimizer, run.scheduler, sequences, config, pad_id)
+        result = grpo_update(
+            run.trained, run.optimizer, run.scheduler, sequences, config, pad_id, run.dist
+        )
+        check_same_adapter(run.model, run.dist, step)
         if not math.isfinite(result.loss):
             raise TrainingStopped(
                 f"step {step}: the loss is {result.loss}; lower learning_rate "
@@ -279,8 +273,10 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
             )
     update_s = time.perf_counter() - update_started
     new_version = version_name(step)
-    path = save_adapter(run.model, config.output_dir / "adapters", new_version)
-    await run.policy.publish_adapter(path, new_version)
+    path = config.output_dir / "adapters" / new_version
+    if run.dist.is_main:
+        save_adapter(run.model, path.parent, new_version)
+    await publish(run.policy, path, new_version, run.dist)
     row: dict[str, Any] = {
         "step": step,
         "version": new_version,
@@ -339,8 +335,9 @@ def total_steps(config: TrainConfig, rows: int) -> int:
 
 def with_judge_stats(run: Run, row: dict[str, Any]) -> dict[str, Any]:
     """The row with what judging cost since the last row (train and val rollouts)."""
-    if run.scorer is not None:
-        row.update(judge_metrics(run.scorer.take_stats()))
+    if run.scorer is not None:  # every rank judged its share of the groups
+        stats = judge_metrics(run.scorer.take_stats())
+        row.update(sum_counts(gather(stats, run.dist, "the judge's figures")))
     return row
 
 
@@ -359,14 +356,16 @@ async def train_loop(run: Run, first_step: int, version: str) -> str:
         if skipped:
             # No update and no checkpoint: a resume plays this step again, and the engine
             # asks the judge again about its stored episodes instead of replaying them.
-            print(f"step {step} skipped: {skipped}", file=sys.stderr, flush=True)
+            if run.dist.is_main:
+                print(f"step {step} skipped: {skipped}", file=sys.stderr, flush=True)
             skipped_in_a_row.append(step)
             stop_after_judge_failures(run, skipped_in_a_row, skipped)
             continue
         skipped_in_a_row = []
-        state = TrainState(step=step, version=version, base_model=config.base_model,
-                           seed=config.seed)  # fmt: skip
-        save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler)
+        if run.dist.is_main:  # every rank holds the same adapter and optimizer state
+            state = TrainState(step=step, version=version, base_model=config.base_model,
+                               seed=config.seed, world_size=run.dist.world_size)  # fmt: skip
+            save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler)
     return version
 
 
@@ -384,7 +383,9 @@ def stop_after_judge_failures(run: Run, steps: list[int], reason: str) -> None:
     )
 
 
-def resume_point(config: TrainConfig, resume: bool) -> tuple[TrainState | None, Any]:
+def resume_point(
+    config: TrainConfig, resume: bool, world_size: int = 1
+) -> tuple[TrainState | None, Any]:
     checkpoint = config.output_dir / "checkpoint" / "state.json"
     if not resume:
         if checkpoint.exists():
@@ -393,4 +394,4 @@ def resume_point(config: TrainConfig, resume: bool) -> tuple[TrainState | None, 
                 "or set output_dir to a new directory"
             )
         return None, None
-    return load_checkpoint(config.output_dir, config.base_model)
+    return load_checkpoint(config.output_dir, config.base_model, world_size)

@@ -47,23 +47,34 @@ Series = tuple[str, list[tuple[int, float]]]  # (metric name, its measured (step
 
 class MetricsLog:
     def __init__(
-        self, output_dir: Path, *, echo: bool = True, unmeasured: Collection[str] = ()
+        self,
+        output_dir: Path,
+        *,
+        echo: bool = True,
+        unmeasured: Collection[str] = (),
+        write: bool = True,
     ) -> None:
         """`unmeasured`: figures this run never measures (kl_to_ref with kl_coef 0); the table
-        leaves their columns out rather than showing a column of dashes."""
+        leaves their columns out rather than showing a column of dashes. `write` False: rows
+        are kept in memory only (a data-parallel rank other than 0; rank 0 writes)."""
         self.path = output_dir / "metrics.jsonl"
-        self.echo = echo
+        self.echo = echo and write
+        self.write = write
         self.columns = table_columns(unmeasured)
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():  # a resumed run keeps its history
             self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-        from torch.utils.tensorboard import SummaryWriter
+        self.board: Any = None
+        if write:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.board = SummaryWriter(str(output_dir / "tensorboard"))
+            self.board = SummaryWriter(str(output_dir / "tensorboard"))
         self._header_shown = False
 
     def log(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
+        if not self.write:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         for key, value in row.items():
@@ -77,6 +88,9 @@ class MetricsLog:
             print(table_row(row, self.columns), flush=True)
 
     def plot(self) -> Path:
+        out = self.path.parent / "curves.png"
+        if not self.write:
+            return out  # rank 0 draws it
         import matplotlib
 
         matplotlib.use("Agg")
@@ -96,13 +110,13 @@ class MetricsLog:
             axis.set_xlabel("step")
             axis.grid(alpha=0.3)
         figure.tight_layout()
-        out = self.path.parent / "curves.png"
         figure.savefig(out, dpi=110)
         plt.close(figure)
         return out
 
     def close(self) -> None:
-        self.board.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def curve_series(rows: Sequence[dict[str, Any]], panels: Sequence[str] = PANELS) -> list[Series]:

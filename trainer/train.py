@@ -5,23 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
+import torch
 
 from envs.episode import Limits, parse_limits
 from rollout.environments import EnvPool
 from rollout.policy import Policy
 from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy
 from trainer.config import TrainConfig
+from trainer.distributed import SINGLE, DistContext, publish, wrap_model
 from trainer.errors import ConfigError
-from trainer.loop import (
-    Run,
-    load_trainable,
-    make_optimizer,
-    resume_point,
-    train_loop,
-    val_rows_played,
-)
+from trainer.loop import Run, resume_point, train_loop, val_rows_played
 from trainer.metrics import JUDGE_COLUMNS, MetricsLog
 from trainer.publish import save_adapter, version_name
 from trainer.reward import check_labels, make_scorer
@@ -59,6 +55,37 @@ def make_policy(config: TrainConfig) -> Policy:
     return open_policy(spec)
 
 
+def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    base: Any = AutoModelForCausalLM.from_pretrained(config.base_model)
+    base = base.to(config.policy.device)
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, adapter, is_trainable=True), tokenizer
+    lora = LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora), tokenizer
+
+
+def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+
+    def schedule(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def episode_limits(env_id: str, overrides: Mapping[str, int]) -> Limits | None:
     """The registered environment's limits with the train config's overrides, key by key.
 
@@ -89,8 +116,11 @@ async def close_pools(*pools: EnvPool | None) -> None:
             await pool.aclose()
 
 
-async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True) -> TrainResult:
-    state, tensors = resume_point(config, resume)
+async def train(
+    config: TrainConfig, *, resume: bool = False, echo: bool = True, dist: DistContext = SINGLE
+) -> TrainResult:
+    """The whole run; with `dist` (trainer.distributed) this process is one of its ranks."""
+    state, tensors = resume_point(config, resume, dist.world_size)
     if config.train_dataset is None and "dataset" not in config.environment.kwargs:
         raise ConfigError("train_dataset: set the train rows (JSONL) or environment.kwargs.dataset")
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +145,17 @@ async def train(config: TrainConfig, *, resume: bool = False, echo: bool = True)
         scheduler.load_state_dict(tensors["scheduler"])
     policy = make_policy(config)
     version = state.version if state else version_name(0)
-    path = adapters / version if state else save_adapter(model, adapters, version)
-    await policy.publish_adapter(path, version)
+    if state is None and dist.is_main:
+        save_adapter(model, adapters, version)
+    await publish(policy, adapters / version, version, dist)
     # Without a KL penalty no reference pass runs, so kl_to_ref is never measured: no column.
     unmeasured: tuple[str, ...] = () if config.kl_coef > 0 else ("kl_to_ref",)
     if config.reward.ruler is None:  # no judge: its columns would be dashes only
         unmeasured += JUDGE_COLUMNS
-    metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured)
+    metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured, write=dist.is_main)
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, pool,
-              pool.rows, val_rows, metrics, val_pool, make_scorer(config))  # fmt: skip
+              pool.rows, val_rows, metrics, val_pool, make_scorer(config),
+              dist, wrap_model(model, dist) if dist.enabled else None)  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)
     finally:

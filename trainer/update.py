@@ -8,6 +8,10 @@ second pass on the policy has moved away from the one that sampled, the ratio le
 `clip_eps` bounds how far one batch can push it. With one pass the ratio is 1 up to the
 trainer/backend numerical gap (reported as `logprob_mismatch`). The reference for the KL term
 is the same model with its adapter disabled: no second copy.
+
+Data-parallel (trainer.distributed): every rank gets the step's whole `sequences`, trains on its
+share, and weighs each micro-batch by the global counts times the world size, so DDP's mean of
+the ranks' gradients is the gradient one process would take over all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from trainer.batch import Batch, TrainSequence, collate
 from trainer.config import TrainConfig
+from trainer.distributed import SINGLE, DistContext, shard, sum_figures, trainable, unwrap
 from trainer.loss import policy_loss, token_entropy, token_logprobs
 
 
@@ -68,17 +73,24 @@ def chunk_weight(loss_type: str, size: int, total: int, batch: Batch, generated:
 
 
 def micro_batches(
-    sequences: list[TrainSequence], config: TrainConfig, pad_id: int
+    sequences: list[TrainSequence], config: TrainConfig, pad_id: int, ctx: DistContext = SINGLE
 ) -> list[tuple[Batch, float]]:
-    """The step's micro-batches, each with its share of the loss; collated once for all passes."""
+    """This rank's micro-batches of the step's `sequences`, each with its share of the loss
+    (over the whole step's counts, times the world size: DDP averages over ranks); collated
+    once for all passes. A rank left without sequences gets one all-masked batch of share 0:
+    its backward still joins the gradient all-reduce."""
     generated = sum(sum(s.mask) for s in sequences)
     size = config.micro_batch_size
+    mine = shard(sequences, ctx)
+    if not mine:
+        stand_in = TrainSequence([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)
+        return [(collate([stand_in], pad_id, config.policy.device), 0.0)]
     batches = []
-    for start in range(0, len(sequences), size):
-        chunk = sequences[start : start + size]
+    for start in range(0, len(mine), size):
+        chunk = mine[start : start + size]
         batch = collate(chunk, pad_id, config.policy.device)
         share = chunk_weight(config.loss_type, len(chunk), len(sequences), batch, generated)
-        batches.append((batch, share))
+        batches.append((batch, share * ctx.world_size))
     return batches
 
 
@@ -88,9 +100,10 @@ def accumulate(model: Any, batch: Batch, share: float, config: TrainConfig) -> P
     logprobs, entropy = forward_logprobs(model, batch, temperature)  # (b, s-1) each
     ref = None
     if config.kl_coef > 0:
-        base = getattr(model, "disable_adapter", nullcontext)
+        inner = unwrap(model)  # the reference pass needs no gradient, so no DDP
+        base = getattr(inner, "disable_adapter", nullcontext)
         with torch.no_grad(), base():
-            ref, _ = forward_logprobs(model, batch, temperature)  # (b, s-1)
+            ref, _ = forward_logprobs(inner, batch, temperature)  # (b, s-1)
     loss, metrics = policy_loss(
         logprobs,
         batch.behaviour,
@@ -112,7 +125,7 @@ def accumulate(model: Any, batch: Batch, share: float, config: TrainConfig) -> P
         entropy=float((entropy * mask).sum()) / n * share,
         clip_fraction=metrics["clip_fraction"] * share,
         logprob_gap=float(gap) / n * share,
-        tokens=batch.tokens,
+        tokens=batch.tokens if share else 0,  # a stand-in batch forwards no real tokens
     )
 
 
@@ -121,13 +134,16 @@ def one_pass(
     optimizer: torch.optim.Optimizer,
     batches: list[tuple[Batch, float]],
     config: TrainConfig,
+    ctx: DistContext = SINGLE,
 ) -> tuple[PassFigures, bool]:
-    """Accumulate over every micro-batch, then one optimizer step if the figures are finite.
-    -> (figures, whether the step was taken)."""
+    """Accumulate over every micro-batch (DDP reduces the gradients in the last backward), then
+    one optimizer step if the figures are finite. -> (figures, whether the step was taken)."""
     optimizer.zero_grad(set_to_none=True)
     total = PassFigures()
-    for batch, share in batches:
-        part = accumulate(model, batch, share, config)
+    for index, (batch, share) in enumerate(batches):
+        last = index == len(batches) - 1
+        with model.no_sync() if ctx.enabled and not last else nullcontext():
+            part = accumulate(model, batch, share, config)
         total.loss += part.loss
         total.entropy += part.entropy
         total.clip_fraction += part.clip_fraction
@@ -135,13 +151,35 @@ def one_pass(
         total.tokens += part.tokens
         if part.kl_to_ref is not None:
             total.kl_to_ref = (total.kl_to_ref or 0.0) + part.kl_to_ref
-    params = [p for p in model.parameters() if p.requires_grad]
+    total = reduced(total, ctx)
+    params = trainable(model)
     total.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
     stepped = math.isfinite(total.loss) and math.isfinite(total.grad_norm)
     if stepped:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, stepped
+
+
+def reduced(figures: PassFigures, ctx: DistContext) -> PassFigures:
+    """The whole step's figures: each rank's are weighted by world_size times its share, so
+    their sum over ranks, over world_size, is the figure one process would report (and every
+    rank gets it, so all take the same decision on a non-finite loss)."""
+    if not ctx.enabled:
+        return figures
+    kl = figures.kl_to_ref
+    fields = [figures.loss, kl or 0.0, figures.entropy, figures.clip_fraction,
+              figures.logprob_gap]  # fmt: skip
+    *sums, tokens = sum_figures([*fields, float(figures.tokens)], ctx)
+    loss, kl_sum, entropy, clip, gap = (v / ctx.world_size for v in sums)
+    return PassFigures(
+        loss=loss,
+        kl_to_ref=None if kl is None else kl_sum,
+        entropy=entropy,
+        clip_fraction=clip,
+        logprob_gap=gap,
+        tokens=int(tokens),
+    )
 
 
 def grpo_update(
@@ -151,14 +189,16 @@ def grpo_update(
     sequences: list[TrainSequence],
     config: TrainConfig,
     pad_id: int,
+    ctx: DistContext = SINGLE,
 ) -> UpdateResult:
-    """`config.updates_per_batch` optimizer steps over `sequences`; the scheduler moves once
-    per call (its warm-up counts training steps, not passes)."""
+    """`config.updates_per_batch` optimizer steps over `sequences` (the whole step's: each rank
+    trains on its share of them); the scheduler moves once per call (its warm-up counts
+    training steps, not passes). `model` is DDP-wrapped when ctx spans several ranks."""
     model.train()
-    batches = micro_batches(sequences, config, pad_id)
+    batches = micro_batches(sequences, config, pad_id, ctx)
     passes: list[PassFigures] = []
     for _ in range(config.updates_per_batch):
-        figures, stepped = one_pass(model, optimizer, batches, config)
+        figures, stepped = one_pass(model, optimizer, batches, config, ctx)
         passes.append(figures)
         if not stepped:  # a non-finite loss or gradient: the caller stops the run on it
             break

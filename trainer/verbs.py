@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 from envs.argtypes import fraction, port_or_free, positive_int
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 
 # What these verbs fail with on purpose; `toolgym` knows the union of every package's ERRORS.
 ERRORS: tuple[type[BaseException], ...] = (
@@ -30,6 +32,10 @@ def add_commands(sub: argparse._SubParsersAction, demo: argparse._SubParsersActi
     )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no live table")
+    train.add_argument(
+        "--nproc-per-node", type=positive_int, default=None, metavar="N",
+        help="data-parallel over N processes on this machine (torch's launcher; one per GPU)",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
     run = demo.add_parser("run", help="the whole loop offline on a CPU: what `make demo` runs")
@@ -63,13 +69,51 @@ def add_commands(sub: argparse._SubParsersAction, demo: argparse._SubParsersActi
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One process, or one rank of a launcher's run (WORLD_SIZE set: torchrun, accelerate
+    launch, srun), or with --nproc-per-node N the launcher of N such ranks."""
+    from trainer import distributed
     from trainer.config import load_config
     from trainer.train import train
 
     config = load_config(args.config, args.set)
-    result = asyncio.run(train(config, resume=args.resume, echo=not args.quiet))
-    print(f"adapter {result.version}: {result.adapter}")
-    print(f"metrics: {result.metrics}\ncurves: {result.curves}")
+    if args.nproc_per_node is not None and args.nproc_per_node > 1:
+        return launch_train(args, config)
+    ctx = distributed.init_from_env(config.policy.device, config.distributed_timeout_s)
+    try:
+        result = asyncio.run(train(config, resume=args.resume, echo=not args.quiet, dist=ctx))
+    finally:
+        distributed.close(ctx)
+    if ctx.is_main:
+        print(f"adapter {result.version}: {result.adapter}")
+        print(f"metrics: {result.metrics}\ncurves: {result.curves}")
+    return 0
+
+
+def launch_train(args: argparse.Namespace, config: Any) -> int:
+    """Start `args.nproc_per_node` ranks of this same command through torch's launcher, after
+    refusing here, once, what every rank would refuse."""
+    from trainer.distributed import env_context, launch
+    from trainer.loop import resume_point
+
+    nproc = args.nproc_per_node
+    if env_context(os.environ) is not None:
+        raise ConfigError(
+            "--nproc-per-node: this process was started by a launcher (WORLD_SIZE is set); "
+            "leave the flag out and let the launcher start the ranks"
+        )
+    if config.policy.device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.device_count() < nproc:
+            raise ConfigError(
+                f"--nproc-per-node {nproc}: this machine has {torch.cuda.device_count()} "
+                "GPU(s), and each rank takes one (policy.device is cuda)"
+            )
+    resume_point(config, args.resume, nproc)
+    argv = ["train", "--config", str(args.config)]
+    argv += [part for item in args.set for part in ("--set", item)]
+    argv += ["--resume"] * args.resume + ["--quiet"] * args.quiet
+    launch(nproc, argv)
     return 0
 
 
