@@ -10,7 +10,7 @@ environments of one event loop share (envs.stdio).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class EnvPool:
         env_id: str,
         *,
         dataset: Path | list[Row] | None = None,
-        tools_url: str | None = None,
+        tools_url: str | Sequence[str] | None = None,  # one server or its replicas
         token: str | None = None,
         transport: str | None = None,
         asgi_app: Any = None,

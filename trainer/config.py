@@ -42,7 +42,9 @@ class EnvironmentSettings(BaseModel):
 
     id: str = "toolgym/FilingsQA-v0"
     kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to gymnasium.make
-    tools_url: str | None = None  # else from kwargs; token from TOOL_BEARER
+    # One server, or its replicas (a list; requests are balanced over them). Else from kwargs;
+    # the token from TOOL_BEARER.
+    tools_url: str | list[str] | None = None
     transport: Literal["http", "mcp"] | None = None
     # Overrides of the episode's limits (envs.episode.Limits: max_tool_calls, max_turns,
     # max_tokens), merged key by key over the ones the environment was registered with; empty:

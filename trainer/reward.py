@@ -50,9 +50,18 @@ def ruler_config(config: TrainConfig) -> RulerConfig | None:
     )
 
 
-def make_scorer(config: TrainConfig) -> RulerScorer | None:
+def make_scorer(config: TrainConfig, rank: int | None = None) -> RulerScorer | None:
+    """The group scorer; under data parallelism (`rank` given) each rank keeps its own cache
+    file, since ranks judge disjoint groups and appending to one file would interleave lines."""
     settings = ruler_config(config)
-    return RulerScorer(settings) if settings is not None else None
+    if settings is None:
+        return None
+    if rank is not None and settings.cache_path is not None:
+        cache = Path(settings.cache_path)
+        settings = settings.model_copy(
+            update={"cache_path": cache.with_suffix(f".rank{rank}{cache.suffix}")}
+        )
+    return RulerScorer(settings)
 
 
 def check_labels(config: TrainConfig, rows: Sequence[Row], source: Path | str | None) -> None:

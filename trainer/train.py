@@ -154,7 +154,8 @@ async def train(
         unmeasured += JUDGE_COLUMNS
     metrics = MetricsLog(config.output_dir, echo=echo, unmeasured=unmeasured, write=dist.is_main)
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, pool,
-              pool.rows, val_rows, metrics, val_pool, make_scorer(config),
+              pool.rows, val_rows, metrics, val_pool,
+              make_scorer(config, dist.rank if dist.enabled else None),
               dist, wrap_model(model, dist) if dist.enabled else None)  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)

@@ -109,3 +109,12 @@ def test_the_cli_says_where_a_key_moved(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["train", "--config", str(write_config(tmp_path, "max_tool_calls: 6\n"))]) == 2
     err = capsys.readouterr().err
     assert "moved to environment.limits.max_tool_calls" in err and err.count("\n") == 1
+
+
+def test_a_list_of_tool_server_replicas_reaches_the_trainers_client(
+    tmp_path: Path, dataset: Path
+) -> None:
+    urls = ["http://127.0.0.1:18080", "http://127.0.0.1:18081"]
+    path = write_config(tmp_path, f"  tools_url: [{urls[0]}, {urls[1]}]\n")
+    env = make_pool(load_config(path), dataset).factory()()
+    assert env.client.replicas.urls == tuple(urls)  # type: ignore[attr-defined]

@@ -364,6 +364,16 @@ def test_a_relative_cache_path_is_relative_to_the_config(tmp_path: Path) -> None
     assert config.reward.ruler is not None and config.reward.ruler.cache == tmp_path / "c.jsonl"
 
 
+def test_each_rank_keeps_its_own_judge_cache(tmp_path: Path) -> None:
+    """Ranks judge disjoint groups: one shared file would interleave their appends."""
+    config = load_config(write_config(tmp_path, "  ruler: {judge: j@http://h:1, cache: c.jsonl}\n"))
+    alone, first, second = make_scorer(config), make_scorer(config, 0), make_scorer(config, 1)
+    assert alone is not None and first is not None and second is not None
+    assert alone.config.cache_path == tmp_path / "c.jsonl"
+    assert first.config.cache_path == tmp_path / "c.rank0.jsonl"
+    assert second.config.cache_path == tmp_path / "c.rank1.jsonl"
+
+
 @pytest.mark.parametrize("reward", ["  {}\n", "  grader: 0.5\n  ruler: {judge: j@http://h:1}\n"])
 def test_a_grader_share_with_rows_lacking_answers_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], reward: str
