@@ -7,10 +7,12 @@
 
 Each rank's loss is weighted by the step's global counts (sequences, or generated tokens for
 dapo) times the world size, so DDP's mean over ranks is the single-process gradient. Only the
-LoRA weights are trainable, so only they are reduced. Launchers: `toolgym train
---nproc-per-node N` (torch's own launcher, torchrun's code), or any that sets RANK/WORLD_SIZE/
-LOCAL_RANK/MASTER_ADDR/MASTER_PORT (torchrun, accelerate launch); plain `srun` works with
-MASTER_ADDR set (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID are read then).
+LoRA weights are trainable, so only they are reduced. `data_parallel: fsdp` shards the base
+over the ranks instead of replicating it (trainer.fsdp): the same weighting (FSDP's
+reduce-scatter averages too), and rank 0 gathers the adapter and optimizer state to save them.
+Launchers: `toolgym train --nproc-per-node N` (torch's own launcher, torchrun's code), or any
+that sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (torchrun, accelerate launch);
+plain `srun` works with MASTER_ADDR set (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID are read then).
 """
 
 from __future__ import annotations
@@ -143,23 +145,44 @@ def barrier(ctx: DistContext, what: str) -> None:
             dist.barrier()
 
 
-def wrap_model(model: Any, ctx: DistContext) -> Any:
-    """DDP over the PEFT model: its trainable (LoRA) weights are broadcast from rank 0 once,
-    and their gradients averaged in backward; the frozen base is never sent."""
+def wrap_model(model: Any, ctx: DistContext, mode: str = "ddp", device: str = "cpu") -> Any:
+    """The model as the update runs it over the ranks (`mode`: the config's data_parallel).
+    Its trainable (LoRA) weights are first broadcast from rank 0, so every rank starts from the
+    same adapter; the frozen base is never sent. ddp: DDP over the PEFT model, the adapter's
+    gradients averaged in backward. fsdp: the model sharded in place (trainer.fsdp)."""
     if not ctx.enabled:
         return model
+    broadcast_trainable(model, ctx, device)
+    if mode == "fsdp":
+        from trainer.fsdp import Sharded, shard_model
+
+        return Sharded(shard_model(model, ctx, device))
     from torch.nn.parallel import DistributedDataParallel
 
-    with collective(ctx, "broadcast of the adapter"), torch.no_grad():
-        for param in trainable(model):
-            dist.broadcast(param.data, src=0)
     return DistributedDataParallel(model, init_sync=False, forward_sync_buffers=False)
 
 
+def broadcast_trainable(model: Any, ctx: DistContext, device: str) -> None:
+    """Rank 0's adapter on every rank. A weight still on the CPU (fsdp shards a model loaded
+    there) travels through `device`: nccl sends device tensors only."""
+    nccl = dist.get_backend() == "nccl"
+    with collective(ctx, "broadcast of the adapter"), torch.no_grad():
+        for param in trainable(model):
+            if nccl and param.device.type == "cpu":
+                on_device = param.data.to(device)
+                dist.broadcast(on_device, src=0)
+                param.data.copy_(on_device)
+            else:
+                dist.broadcast(param.data, src=0)
+
+
 def unwrap(model: Any) -> Any:
+    """The PEFT model under DDP or trainer.fsdp's wrapper (FSDP shards it in place)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    from trainer.fsdp import Sharded
+
+    return model.module if isinstance(model, DistributedDataParallel | Sharded) else model
 
 
 def trainable(model: Any) -> list[torch.Tensor]:
@@ -167,8 +190,11 @@ def trainable(model: Any) -> list[torch.Tensor]:
 
 
 def check_same_adapter(model: Any, ctx: DistContext, step: int) -> None:
-    """Stop when the ranks' adapters differ after a step: the update must keep them equal."""
-    if not ctx.enabled:
+    """Stop when the ranks' adapters differ after a step: the update must keep them equal.
+    A sharded adapter (fsdp) has no replicas to compare: each rank holds its own part."""
+    from trainer.fsdp import is_sharded
+
+    if not ctx.enabled or is_sharded(unwrap(model)):
         return
     with torch.no_grad():
         weights = [p.detach().double() for p in trainable(model)]
@@ -176,6 +202,58 @@ def check_same_adapter(model: Any, ctx: DistContext, step: int) -> None:
     marks = gather(mark, ctx, f"step {step}'s adapter check")
     if len(set(marks)) > 1:
         raise TrainingStopped(f"step {step}: the ranks' adapters differ after the update {marks}")
+
+
+def save_from_main(model: Any, adapters_dir: Path, version: str, ctx: DistContext) -> None:
+    """Rank 0 saves the adapter as `version`. Sharded (fsdp), every rank first sends rank 0
+    its part of the LoRA weights: call it on every rank."""
+    from trainer.fsdp import gathered_adapter, is_sharded
+    from trainer.publish import save_adapter
+
+    inner = unwrap(model)
+    if not is_sharded(inner):
+        if ctx.is_main:
+            save_adapter(inner, adapters_dir, version)
+        return
+    with collective(ctx, f"gathering adapter {version}"):
+        state = gathered_adapter(inner, ctx)
+    if ctx.is_main:
+        save_adapter(WithState(inner, state), adapters_dir, version)
+
+
+@dataclass(frozen=True)
+class WithState:
+    """A PEFT model whose save_pretrained writes `state` (gathered in full) instead of its own
+    weights, which are shards."""
+
+    model: Any
+    state: dict[str, torch.Tensor]
+
+    def save_pretrained(self, path: Path) -> None:
+        self.model.save_pretrained(path, state_dict=self.state)
+
+
+def optimizer_state(model: Any, optimizer: torch.optim.Optimizer, ctx: DistContext) -> Any:
+    """The optimizer's state to checkpoint, complete on rank 0: its own (every rank holds the
+    same), or gathered from the shards (fsdp; call it on every rank)."""
+    from trainer.fsdp import gathered_optimizer, is_sharded
+
+    inner = unwrap(model)
+    if not is_sharded(inner):
+        return optimizer.state_dict()
+    with collective(ctx, "gathering the optimizer state"):
+        return gathered_optimizer(inner, optimizer)
+
+
+def load_optimizer_state(model: Any, optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Restore a checkpoint's optimizer state (on a sharded model: each rank keeps its part)."""
+    from trainer.fsdp import is_sharded, load_optimizer
+
+    inner = unwrap(model)
+    if is_sharded(inner):
+        load_optimizer(inner, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
 
 
 def rank_file(out: Path, ctx: DistContext) -> Path:

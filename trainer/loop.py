@@ -42,13 +42,15 @@ from trainer.distributed import (
     DistContext,
     check_same_adapter,
     gather,
+    optimizer_state,
     play_shared,
     publish,
+    save_from_main,
     sum_counts,
 )
 from trainer.errors import ConfigError, TrainingStopped
 from trainer.metrics import MetricsLog
-from trainer.publish import save_adapter, version_name
+from trainer.publish import version_name
 from trainer.reward import judge_metrics, judge_outcome
 from trainer.update import grpo_update
 
@@ -109,11 +111,11 @@ class Run:
     val_pool: EnvPool | None = None  # environments over the val rows (else `pool`)
     scorer: RulerScorer | None = None  # reward.ruler: the judge scoring every group
     dist: DistContext = SINGLE  # data-parallel: this process's rank (trainer.distributed)
-    ddp: Any = None  # `model` wrapped in DDP when dist spans several ranks
+    ddp: Any = None  # `model` wrapped for several ranks: DDP, or sharded (trainer.fsdp)
 
     @property
     def trained(self) -> Any:
-        """What the update runs through: DDP over the model, or the model alone."""
+        """What the update runs through: DDP or FSDP over the model, or the model alone."""
         return self.ddp if self.ddp is not None else self.model
 
     def settings(
@@ -274,8 +276,7 @@ async def train_step(run: Run, step: int, version: str) -> tuple[dict[str, Any],
     update_s = time.perf_counter() - update_started
     new_version = version_name(step)
     path = config.output_dir / "adapters" / new_version
-    if run.dist.is_main:
-        save_adapter(run.model, path.parent, new_version)
+    save_from_main(run.model, path.parent, new_version, run.dist)
     await publish(run.policy, path, new_version, run.dist)
     row: dict[str, Any] = {
         "step": step,
@@ -362,10 +363,13 @@ async def train_loop(run: Run, first_step: int, version: str) -> str:
             stop_after_judge_failures(run, skipped_in_a_row, skipped)
             continue
         skipped_in_a_row = []
-        if run.dist.is_main:  # every rank holds the same adapter and optimizer state
+        # every rank holds the same optimizer state, or (fsdp) sends rank 0 its part
+        gathered = optimizer_state(run.model, run.optimizer, run.dist)
+        if run.dist.is_main:
             state = TrainState(step=step, version=version, base_model=config.base_model,
-                               seed=config.seed, world_size=run.dist.world_size)  # fmt: skip
-            save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler)
+                               seed=config.seed, world_size=run.dist.world_size,
+                               data_parallel=config.data_parallel)  # fmt: skip
+            save_checkpoint(config.output_dir, state, run.optimizer, run.scheduler, gathered)
     return version
 
 
@@ -394,4 +398,4 @@ def resume_point(
                 "or set output_dir to a new directory"
             )
         return None, None
-    return load_checkpoint(config.output_dir, config.base_model, world_size)
+    return load_checkpoint(config.output_dir, config.base_model, world_size, config.data_parallel)

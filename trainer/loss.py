@@ -1,10 +1,13 @@
-"""GRPO's maths as small pure functions: group-relative advantages and the clipped policy loss.
+"""GRPO's maths as small pure functions: group-relative advantages, the clipped policy loss, and
+the tokens' logprobs and entropy from the logits, a chunk of positions at a time.
 
 Tokens are laid out as padded batches: `(batch, seq)` tensors with `mask` 1 on the tokens the
 model generated (the only ones that carry loss) and 0 on prompt, tool output and padding.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -84,15 +87,108 @@ def reduce_tokens(
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)  # dapo
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits: (batch, seq, vocab) predicting ids: (batch, seq) -> (batch, seq) logprobs under
-    the sampling distribution (logits / temperature), as the policy sampled them."""
-    scaled = logits.float() / temperature  # (batch, seq, vocab)
-    picked = torch.gather(scaled, 2, ids.unsqueeze(2)).squeeze(2)  # (batch, seq)
-    return picked - torch.logsumexp(scaled, dim=2)  # (batch, seq)
+# Float32 elements per chunk of the vocabulary work (64 MiB each): logprobs and entropy are
+# computed a chunk of positions at a time, so their float32 temporaries stay this small however
+# long the sequence and large the vocabulary (one full float32 copy of 2 x 8192 tokens of
+# Qwen2.5's logits is 9.3 GiB), in ~150 chunks there: few enough that the Python loop's
+# launches stay a small share of the step, each chunk's kernels large enough to fill a GPU.
+CHUNK_ELEMENTS = 2**24
 
 
-def token_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(batch, seq, vocab) -> (batch, seq) entropy of the sampling distribution."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=2)  # (batch, seq, vocab)
-    return -(logp.exp() * logp).sum(dim=2)  # (batch, seq)
+def chunk_spans(logits: torch.Tensor, positions: int, budget: int) -> list[slice]:
+    """Slices over the first `positions` positions of logits (batch, seq, vocab), each covering
+    at most `budget` elements (one position at least)."""
+    batch, _, vocab = logits.shape
+    step = max(1, budget // max(batch * vocab, 1))
+    return [slice(start, min(start + step, positions)) for start in range(0, positions, step)]
+
+
+def scaled_float(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(batch, c, vocab) -> a fresh float32 logits / temperature: one copy, however the dtype
+    (`.float()` of a float32 tensor is the tensor itself, so dividing in place needs copy=True)."""
+    return logits.to(torch.float32, copy=True).div_(temperature)  # (batch, c, vocab)
+
+
+def chunk_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk, no autograd: logits (batch, c, vocab) predicting ids (batch, c) ->
+    (logprobs, entropy or None), each (batch, c) float32. At most two float32 chunks live."""
+    logp = torch.log_softmax(scaled_float(logits, temperature), dim=2)  # (batch, c, vocab)
+    picked = logp.gather(2, ids.unsqueeze(2)).squeeze(2)  # (batch, c)
+    if not entropy:
+        return picked, None
+    return picked, -logp.exp().mul_(logp).sum(dim=2)  # (batch, c)
+
+
+def chunk_logprob_grad(
+    logits: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The gradient of one chunk's logprobs through to its logits: d log p(y) / d z_j is
+    (1[j = y] - p_j) / temperature. logits (batch, c, vocab), ids and the upstream grad
+    (batch, c) -> (batch, c, vocab) float32."""
+    scale = (grad.float() / temperature).unsqueeze(2)  # (batch, c, 1)
+    probs = torch.softmax(scaled_float(logits, temperature), dim=2)  # (batch, c, vocab)
+    return probs.mul_(-scale).scatter_add_(2, ids.unsqueeze(2), scale)  # (batch, c, vocab)
+
+
+class TokenLogprobs(torch.autograd.Function):
+    """Logprobs of `ids` under softmax(logits / temperature), a chunk of positions at a time.
+
+    Autograd keeps only the logits, in the model's dtype, and backward recomputes each
+    chunk's softmax: no full-vocabulary float32 tensor is ever kept or built (the plain
+    log-sum-exp keeps a float32 copy of all the logits, and the entropy took three more).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        logits: torch.Tensor,
+        ids: torch.Tensor,
+        temperature: float,
+        entropy: bool,
+        budget: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logprobs = logits.new_empty(ids.shape, dtype=torch.float32)  # (batch, n)
+        entropies = logits.new_empty(ids.shape, dtype=torch.float32) if entropy else None
+        for span in chunk_spans(logits, ids.shape[1], budget):
+            picked, spread = chunk_logprobs(logits[:, span], ids[:, span], temperature, entropy)
+            logprobs[:, span] = picked  # (batch, c)
+            if entropies is not None and spread is not None:
+                entropies[:, span] = spread  # (batch, c)
+        ctx.save_for_backward(logits, ids)
+        ctx.temperature, ctx.budget = temperature, budget
+        if entropies is not None:
+            ctx.mark_non_differentiable(entropies)  # a metric: never trained on
+        return logprobs, entropies
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> tuple[torch.Tensor | None, ...]:
+        grad_logprobs = grads[0]  # (batch, n); the entropy's grad is unused
+        logits, ids = ctx.saved_tensors
+        positions = ids.shape[1]
+        grad = torch.empty_like(logits)  # (batch, seq, vocab), the model's dtype
+        grad[:, positions:] = 0  # positions past the targets (the last one) predict nothing
+        for span in chunk_spans(logits, positions, ctx.budget):
+            grad[:, span] = chunk_logprob_grad(
+                logits[:, span], ids[:, span], grad_logprobs[:, span], ctx.temperature
+            )  # (batch, c, vocab)
+        return grad, None, None, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float,
+    *,
+    entropy: bool = False,
+    budget: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits (batch, seq, vocab), position t predicting ids[:, t], ids (batch, n), n <= seq
+    -> (logprobs, entropy), each (batch, n) float32, under the sampling distribution
+    (logits / temperature), as the policy sampled them. Positions past n (the last one,
+    which predicts nothing) are ignored rather than sliced off: the slice's backward would
+    build another full copy of the logits. The entropy (no gradient) only when asked, else
+    None; `budget` bounds the elements of each chunk."""
+    logprobs, entropies = TokenLogprobs.apply(logits, ids, temperature, entropy, budget)
+    return logprobs, entropies

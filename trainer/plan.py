@@ -10,11 +10,13 @@ follow what the code does, not a textbook:
   moments in the parameters' dtype: 4 + 4 (grad) + 8 bytes per LoRA parameter, no master copy.
 - Each data-parallel rank (trainer/distributed.py) holds a whole base replica; DDP adds one
   bucket copy of the LoRA gradients. More GPUs never shrink the per-GPU figure.
-- Logprobs (trainer/update.py, trainer/loss.py) take the full (batch, seq, vocab) logits, cast
-  them to float32 (kept for backward by log-sum-exp), and the entropy adds three more float32
-  copies for a moment: (dtype + 16) bytes per token per vocabulary entry at the peak.
-- The KL reference is the same model with its adapter disabled, under no_grad: no weights, and
-  its transient logits are the policy's again (the policy's are freed by then).
+- Logprobs and entropy (trainer/loss.py `token_logprobs`) keep the model's (batch, seq, vocab)
+  logits for backward, which builds their gradient beside them: 2 x dtype bytes per token per
+  vocabulary entry at the peak, plus two float32 chunks of up to 2^24 elements (the float32 work is
+  done a chunk of positions at a time, forward and backward).
+- The KL reference is the same model with its adapter disabled, under no_grad, without entropy:
+  no weights, and its transient logits sit beside the policy's kept ones, as the gradient does
+  later: within the logits' 2 x dtype peak.
 - Activations are what autograd keeps for backward with SDPA attention, term by term in
   trainer/plan_model.py; tests/trainer/test_plan.py measures them, and the peak, on small models.
 """
@@ -32,6 +34,7 @@ from trainer.plan_model import (
     activation_bytes,
     kv_bytes_per_token,
     logits_bytes,
+    logits_chunk_positions,
     lora_parameter_count,
     parameter_count,
 )
@@ -72,7 +75,6 @@ class Side:
 class Hardware:
     gpus: int = 1  # trainer ranks, one GPU each
     gpu_memory: int = 80 * GIB
-    gradient_checkpointing: bool = False
     tensor_parallel: int = 1  # GPUs per vLLM server
     gpu_memory_utilization: float = 0.9  # rollout/vllm.py's default
     max_loras: int = 2  # rollout/vllm.py's default: current and previous adapter
@@ -92,6 +94,7 @@ class Workload:
     concurrency: int  # episodes at once, over all servers
     servers: int  # vLLM servers (policy.base_urls); 0: the local backend, no vLLM
     group_size: int
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> Workload:
@@ -105,6 +108,7 @@ class Workload:
             concurrency=policy.concurrency,
             servers=len(policy.base_urls) if policy.backend == "vllm" else 0,
             group_size=config.group_size,
+            gradient_checkpointing=config.gradient_checkpointing,
         )
 
 
@@ -133,9 +137,10 @@ def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
     targets = list(work.lora_targets)
     lora = lora_parameter_count(shape, work.lora_rank, targets)
     b, s = work.micro_batch_size, work.max_sequence_tokens
-    act = activation_bytes(shape, work.lora_rank, targets, b, s, hw.gradient_checkpointing)
+    act = activation_bytes(shape, work.lora_rank, targets, b, s, work.gradient_checkpointing)
     logits_peak, _ = logits_bytes(shape, b, s)
-    kind = "with" if hw.gradient_checkpointing else "without"
+    chunk = logits_chunk_positions(shape, b, s)
+    kind = "with" if work.gradient_checkpointing else "without"
     items = [
         MemoryItem(
             "base weights", params * d, f"{params:,} params x {d} B ({shape.dtype}), frozen"
@@ -158,7 +163,8 @@ def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
         items.append(MemoryItem("attention masks", act.masks, note))
     items.append(MemoryItem(
         "logits", logits_peak,
-        f"{b} x {s} x {shape.vocab_size:,} vocab x ({d} + 16) B: float32 logprobs and entropy",
+        f"{b} x {s} x {shape.vocab_size:,} vocab x 2 x {d} B: kept and their gradient; "
+        f"float32 work {chunk} positions at a time",
     ))  # fmt: skip
     ref = "adapter disabled on the same base, no_grad: no extra weights"
     items.append(MemoryItem("KL reference", 0, ref if work.kl_coef > 0 else "kl_coef 0: none"))
@@ -242,11 +248,9 @@ def trainer_changes(shape: ModelShape, work: Workload, hw: Hardware, side: Side)
         return other, f"{gib(other.total)} of {gib(other.available)}, {verdict}"
 
     found = []
-    if not hw.gradient_checkpointing:
-        _, figure = total({}, {"gradient_checkpointing": True})
-        found.append(
-            f"gradient checkpointing (no config key yet; --gradient-checkpointing): {figure}"
-        )
+    if not work.gradient_checkpointing:
+        _, figure = total({"gradient_checkpointing": True}, {})
+        found.append(f"gradient_checkpointing: true: {figure}")
     if work.micro_batch_size > 1:
         _, figure = total({"micro_batch_size": 1}, {})
         found.append(f"micro_batch_size 1 (no padding masks): {figure}")
@@ -254,9 +258,8 @@ def trainer_changes(shape: ModelShape, work: Workload, hw: Hardware, side: Side)
     found.append(f"max_sequence_tokens {half}: {total({'max_sequence_tokens': half}, {})[1]}")
     tokens = work.max_sequence_tokens
     while tokens >= 32:  # all levers at once, halving the sequence until it fits
-        other, figure = total(
-            {"micro_batch_size": 1, "max_sequence_tokens": tokens}, {"gradient_checkpointing": True}
-        )
+        together = {"micro_batch_size": 1, "max_sequence_tokens": tokens}
+        other, figure = total({**together, "gradient_checkpointing": True}, {})
         if other.fits:
             levers = f"checkpointing, micro_batch_size 1, max_sequence_tokens {tokens}"
             found.append(f"together: {levers}: {figure}")
@@ -266,7 +269,7 @@ def trainer_changes(shape: ModelShape, work: Workload, hw: Hardware, side: Side)
     if logits.bytes == max(item.bytes for item in side.items):
         found.append(
             f"the logits ({gib(logits.bytes)}) are the largest item: they grow with micro batch x "
-            "sequence x vocabulary; logprobs computed in chunks (not in toolgym yet) would cut them"
+            "sequence x vocabulary (already worked on in chunks): shrink micro_batch_size first"
         )
     if hw.colocate:
         found.append("put vLLM on its own GPU(s): the trainer then has the whole GPU")

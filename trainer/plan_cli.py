@@ -91,10 +91,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--gpus", type=positive_int, default=1, help="trainer ranks, one GPU each")
     plan.add_argument("--gpu-memory", type=parse_size, default=80 * GIB, help="e.g. 80GiB, 141G")
     plan.add_argument(
-        "--gradient-checkpointing", action="store_true",
-        help="plan the trainer with gradient checkpointing (the config has no key for it yet)",
-    )  # fmt: skip
-    plan.add_argument(
         "--tensor-parallel", type=positive_int, default=1, help="GPUs per vLLM server"
     )
     plan.add_argument(
@@ -118,7 +114,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     hardware = Hardware(
         gpus=args.gpus,
         gpu_memory=args.gpu_memory,
-        gradient_checkpointing=args.gradient_checkpointing,
         tensor_parallel=args.tensor_parallel,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_loras=args.max_loras,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainer.errors import TrainerError
+from trainer.loss import CHUNK_ELEMENTS
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 FP32 = 4
@@ -206,11 +207,19 @@ def activation_bytes(
     return Activations(inputs + final_norm, layer + mask, 0)  # the layer rebuilt with its mask
 
 
+def logits_chunk_positions(shape: ModelShape, batch: int, seq: int) -> int:
+    """Sequence positions per chunk of the logprobs' float32 work (trainer/loss.py chunk_spans)."""
+    return min(max(1, CHUNK_ELEMENTS // (batch * shape.vocab_size)), max(seq - 1, 1))
+
+
 def logits_bytes(shape: ModelShape, batch: int, seq: int) -> tuple[int, int]:
-    """(peak, saved) bytes of the logits of one micro-batch: the model's (dtype), the float32
-    copy log-sum-exp keeps for backward, and the entropy's three float32 temporaries."""
+    """(peak, saved) bytes of the logits of one micro-batch (trainer/loss.py token_logprobs):
+    autograd keeps the model's logits (dtype); at the start of backward their gradient (dtype)
+    is built beside them, and a chunk of positions at a time is worked on in float32 (two
+    chunk-sized float32 tensors at once, forward and backward alike)."""
     elements = batch * seq * shape.vocab_size
-    return elements * (shape.dtype_bytes + 4 * FP32), elements * FP32
+    chunk = batch * logits_chunk_positions(shape, batch, seq) * shape.vocab_size
+    return 2 * elements * shape.dtype_bytes + 2 * FP32 * chunk, elements * shape.dtype_bytes
 
 
 def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int = 2, tensor_parallel: int = 1) -> int:

@@ -15,11 +15,18 @@ from rollout.environments import EnvPool
 from rollout.policy import Policy
 from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy
 from trainer.config import TrainConfig
-from trainer.distributed import SINGLE, DistContext, publish, wrap_model
+from trainer.distributed import (
+    SINGLE,
+    DistContext,
+    load_optimizer_state,
+    publish,
+    save_from_main,
+    wrap_model,
+)
 from trainer.errors import ConfigError
 from trainer.loop import Run, resume_point, train_loop, val_rows_played
 from trainer.metrics import JUDGE_COLUMNS, MetricsLog
-from trainer.publish import save_adapter, version_name
+from trainer.publish import version_name
 from trainer.reward import check_labels, make_scorer
 
 
@@ -55,16 +62,20 @@ def make_policy(config: TrainConfig) -> Policy:
     return open_policy(spec)
 
 
-def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]:
+def load_trainable(
+    config: TrainConfig, adapter: Path | None, sharded: bool = False
+) -> tuple[Any, Any]:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model)
     base: Any = AutoModelForCausalLM.from_pretrained(config.base_model)
-    base = base.to(config.policy.device)
+    if not sharded:  # fsdp moves each shard to the device as it makes it: no whole replica
+        base = base.to(config.policy.device)
     if adapter is not None:
-        return PeftModel.from_pretrained(base, adapter, is_trainable=True), tokenizer
+        model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
+        return checkpointed(model, config), tokenizer
     lora = LoraConfig(
         r=config.lora.rank,
         lora_alpha=config.lora.alpha,
@@ -72,7 +83,23 @@ def load_trainable(config: TrainConfig, adapter: Path | None) -> tuple[Any, Any]
         target_modules=config.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, lora), tokenizer
+    return checkpointed(get_peft_model(base, lora), config), tokenizer
+
+
+def checkpointed(model: Any, config: TrainConfig) -> Any:
+    """`model` with gradient checkpointing on when the config asks. Non-reentrant: with a frozen
+    base the layers' inputs need no requires_grad for the LoRA weights inside to get gradients
+    (tests/trainer/test_memory_levers.py compares them with and without)."""
+    if not config.gradient_checkpointing:
+        return model
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:  # transformers 5.23 names it so and deprecates the old name
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False  # this model never generates; says so before transformers warns
+    return model
 
 
 def make_optimizer(model: Any, config: TrainConfig) -> tuple[Any, Any]:
@@ -138,15 +165,22 @@ async def train(
         await close_pools(pool, val_pool)
         raise
     adapters = config.output_dir / "adapters"
-    model, tokenizer = load_trainable(config, adapters / state.version if state else None)
+    sharded = dist.enabled and config.data_parallel == "fsdp"
+    model, tokenizer = load_trainable(config, adapters / state.version if state else None, sharded)
+    # wrapped before the optimizer is made: fsdp replaces the weights by their shards
+    wrapped = (
+        wrap_model(model, dist, config.data_parallel, config.policy.device)
+        if dist.enabled
+        else None
+    )
     optimizer, scheduler = make_optimizer(model, config)
     if tensors is not None:
-        optimizer.load_state_dict(tensors["optimizer"])
+        load_optimizer_state(model, optimizer, tensors["optimizer"])
         scheduler.load_state_dict(tensors["scheduler"])
     policy = make_policy(config)
     version = state.version if state else version_name(0)
-    if state is None and dist.is_main:
-        save_adapter(model, adapters, version)
+    if state is None:
+        save_from_main(model, adapters, version, dist)
     await publish(policy, adapters / version, version, dist)
     # Without a KL penalty no reference pass runs, so kl_to_ref is never measured: no column.
     unmeasured: tuple[str, ...] = () if config.kl_coef > 0 else ("kl_to_ref",)
@@ -156,7 +190,7 @@ async def train(
     run = Run(config, model, tokenizer, optimizer, scheduler, policy, pool,
               pool.rows, val_rows, metrics, val_pool,
               make_scorer(config, dist.rank if dist.enabled else None),
-              dist, wrap_model(model, dist) if dist.enabled else None)  # fmt: skip
+              dist, wrapped)  # fmt: skip
     try:
         version = await train_loop(run, (state.step + 1) if state else 1, version)
     finally:

@@ -26,7 +26,7 @@ import torch
 from trainer.batch import Batch, TrainSequence, collate
 from trainer.config import TrainConfig
 from trainer.distributed import SINGLE, DistContext, shard, sum_figures, trainable, unwrap
-from trainer.loss import policy_loss, token_entropy, token_logprobs
+from trainer.loss import policy_loss, token_logprobs
 
 
 @dataclass
@@ -53,15 +53,23 @@ class PassFigures:
 
 
 def forward_logprobs(
-    model: Any, batch: Batch, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (logprobs, entropy), both (batch, seq - 1), for tokens 1.. of the batch."""
+    model: Any, batch: Batch, temperature: float, *, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (logprobs, entropy), both (batch, seq - 1), for tokens 1.. of the batch; the entropy
+    (a metric, no gradient) only when asked, else None."""
     logits = model(input_ids=batch.ids, attention_mask=batch.attention).logits  # (b, s, v)
-    logits = logits[:, :-1]  # (b, s-1, v): position t predicts token t+1
-    logprobs = token_logprobs(logits, batch.ids[:, 1:], temperature)  # (b, s-1)
-    with torch.no_grad():
-        entropy = token_entropy(logits.detach(), temperature)  # (b, s-1)
-    return logprobs, entropy
+    # position t predicts token t+1; the last position's logits are skipped, not sliced off
+    return token_logprobs(logits, batch.ids[:, 1:], temperature, entropy=entropy)  # (b, s-1)
+
+
+def reference_logprobs(model: Any, batch: Batch, temperature: float) -> torch.Tensor:
+    """(batch, seq - 1) logprobs of the reference: the same model with its adapter disabled,
+    no gradient, no DDP (nothing to reduce) and no entropy (nobody reads it)."""
+    inner = unwrap(model)
+    base = getattr(inner, "disable_adapter", nullcontext)
+    with torch.no_grad(), base():
+        logprobs, _ = forward_logprobs(inner, batch, temperature, entropy=False)  # (b, s-1)
+    return logprobs
 
 
 def chunk_weight(loss_type: str, size: int, total: int, batch: Batch, generated: int) -> float:
@@ -77,33 +85,33 @@ def micro_batches(
 ) -> list[tuple[Batch, float]]:
     """This rank's micro-batches of the step's `sequences`, each with its share of the loss
     (over the whole step's counts, times the world size: DDP averages over ranks); collated
-    once for all passes. A rank left without sequences gets one all-masked batch of share 0:
-    its backward still joins the gradient all-reduce."""
+    once for all passes. A rank with fewer micro-batches than rank 0 (or none) is topped up
+    with all-masked ones of share 0: every rank's forwards and backwards join the collectives
+    (FSDP's all-gathers, the gradient reduction)."""
     generated = sum(sum(s.mask) for s in sequences)
     size = config.micro_batch_size
     mine = shard(sequences, ctx)
-    if not mine:
-        stand_in = TrainSequence([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)
-        return [(collate([stand_in], pad_id, config.policy.device), 0.0)]
     batches = []
     for start in range(0, len(mine), size):
         chunk = mine[start : start + size]
         batch = collate(chunk, pad_id, config.policy.device)
         share = chunk_weight(config.loss_type, len(chunk), len(sequences), batch, generated)
         batches.append((batch, share * ctx.world_size))
-    return batches
+    # Every rank runs as many micro-batches as rank 0, which has the most: under FSDP each
+    # forward is a collective (a rank with fewer would leave the others waiting). A stand-in
+    # changes no gradient (share 0).
+    rounds = max(1, math.ceil(math.ceil(len(sequences) / ctx.world_size) / size))
+    stand_in = TrainSequence([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)
+    padding = [(collate([stand_in], pad_id, config.policy.device), 0.0)] * (rounds - len(batches))
+    return batches + padding
 
 
 def accumulate(model: Any, batch: Batch, share: float, config: TrainConfig) -> PassFigures:
     """Forward and backward one micro-batch; its figures, already weighted by `share`."""
     temperature = config.policy.temperature
     logprobs, entropy = forward_logprobs(model, batch, temperature)  # (b, s-1) each
-    ref = None
-    if config.kl_coef > 0:
-        inner = unwrap(model)  # the reference pass needs no gradient, so no DDP
-        base = getattr(inner, "disable_adapter", nullcontext)
-        with torch.no_grad(), base():
-            ref, _ = forward_logprobs(inner, batch, temperature)  # (b, s-1)
+    assert entropy is not None  # asked for: forward_logprobs' default
+    ref = reference_logprobs(model, batch, temperature) if config.kl_coef > 0 else None
     loss, metrics = policy_loss(
         logprobs,
         batch.behaviour,

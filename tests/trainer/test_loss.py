@@ -69,7 +69,7 @@ def test_kl_penalty_uses_the_k3_estimator() -> None:
 def test_the_gradient_pushes_up_tokens_with_positive_advantage() -> None:
     logits = torch.zeros(1, 1, 4, requires_grad=True)
     ids = torch.tensor([[2]])
-    logprobs = token_logprobs(logits, ids, temperature=1.0)
+    logprobs, _ = token_logprobs(logits, ids, temperature=1.0)
     assert float(logprobs.detach()) == pytest.approx(math.log(0.25))
     loss, _ = policy_loss(logprobs, logprobs.detach(), torch.tensor([1.0]), torch.tensor([[1]]))
     loss.backward()

@@ -119,12 +119,11 @@ def trainer_model(model_dir: Path, rank: int, targets: list[str], checkpointing:
         "base_model": str(model_dir),
         "policy": {"backend": "local", "device": "cpu"},
         "lora": {"rank": rank, "alpha": 2 * rank, "target_modules": targets},
+        "gradient_checkpointing": checkpointing,
     })  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _ = load_trainable(config, None)
-        if checkpointing:  # what the trainer would switch on (it has no key for it yet)
-            model.gradient_checkpointing_enable({"use_reentrant": False})
     return model
 
 
@@ -280,14 +279,16 @@ QWEN_3B = str(FIXTURES / "qwen2.5-3b-instruct.json")
 
 def test_cli_plans_the_gpu_config(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["plan", "--config", GPU_CONFIG, "--model-config", QWEN_3B, "--gpu-memory", "80GiB"]
-    status, out, _ = toolgym(argv, capsys)
-    assert status == 0
-    assert "3,085,938,688 parameters" in out and "KV cache" in out and "what to change" in out
-    status, out, _ = toolgym([*argv, "--gradient-checkpointing", "--json"], capsys)
+    status, out, _ = toolgym([*argv, "--json"], capsys)
     plan = json.loads(out)
     assert status == 0 and plan["fits"] is True and plan["changes"] == []
+    assert plan["workload"]["gradient_checkpointing"] is True  # read from the config
     assert plan["trainer"]["total"] <= plan["trainer"]["available"] == 80 * 1024**3
     assert {item["name"] for item in plan["vllm"]["items"]} >= {"weights", "KV cache"}
+    status, out, _ = toolgym([*argv, "--set", "gradient_checkpointing=false"], capsys)
+    assert status == 0 and "DOES NOT FIT" in out
+    assert "3,085,938,688 parameters" in out and "KV cache" in out
+    assert "what to change:\n  - gradient_checkpointing: true: " in out
 
 
 def test_cli_local_model_without_vllm(
@@ -341,9 +342,10 @@ def test_cli_hub_id_offline_is_one_line() -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def peak_bytes(model: Any, batch: Any, out: Path) -> int:
+def peak_bytes(model: Any, batch: Any, out: Path, forward: Any = None) -> int:
     """The most memory the trainer's forward, loss and backward hold at once above what was
-    held before (weights, the batch), from the profiler's allocation timeline on the CPU."""
+    held before (weights, the batch), from the profiler's allocation timeline on the CPU.
+    `forward`: another forward_logprobs to measure (test_memory_levers' plain one)."""
     from torch.profiler import ProfilerActivity, profile
 
     from trainer.loss import policy_loss
@@ -352,7 +354,7 @@ def peak_bytes(model: Any, batch: Any, out: Path) -> int:
     model.train()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                  with_stack=True) as prof:  # fmt: skip
-        logprobs, _ = forward_logprobs(model, batch, 1.0)
+        logprobs, _ = (forward or forward_logprobs)(model, batch, 1.0)
         loss, _ = policy_loss(logprobs, batch.behaviour, batch.advantages, batch.mask)
         loss.backward()
     with warnings.catch_warnings():
@@ -365,13 +367,18 @@ def peak_bytes(model: Any, batch: Any, out: Path) -> int:
 
 @pytest.mark.parametrize(
     ("vocab", "targets", "lengths"),
-    [(32768, ["q_proj", "v_proj"], [512]), (1024, ALL_LINEAR, [256, 200])],
+    [
+        (32768, ["q_proj", "v_proj"], [512]),
+        (131072, ["q_proj", "v_proj"], [512]),  # 128 positions a chunk: four chunks
+        (1024, ALL_LINEAR, [256, 200]),
+    ],
 )
 def test_peak_matches_the_summed_items(
     vocab: int, targets: list[str], lengths: list[int], tmp_path: Path
 ) -> None:
-    """The logits' peak (dtype + 16 bytes per token and vocabulary entry) is no saved tensor:
-    measure it. A large vocabulary makes it the biggest item, as in real models."""
+    """The logits' peak (2 x dtype bytes per token and vocabulary entry, and the float32
+    chunks' work) is no saved tensor: measure it. A large vocabulary makes the logits the
+    biggest item, as in real models."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
