@@ -116,10 +116,21 @@ class AdapterFleet:
                     return LoadOutcome(url, self._gave_up(str(exc)))
                 await self._sleep(waits[attempt])
             except AdapterError as exc:
-                if attempt and "already been loaded" in str(exc):
+                if "already been loaded" not in str(exc):
+                    return LoadOutcome(url, one_line(str(exc)))
+                if attempt:
                     return LoadOutcome(url)  # an earlier try landed after its reply was lost
-                return LoadOutcome(url, one_line(str(exc)))
+                # The server kept this name from before (a resumed run, or another run's
+                # version): replace its weights, so the name serves what is at `path`.
+                return await self._reload(url, path, version)
         raise AssertionError("unreachable: the last attempt returns")
+
+    async def _reload(self, url: str, path: Path, version: str) -> LoadOutcome:
+        try:
+            await self._clients[url].load(version, path, inplace=True)
+        except AdapterError as exc:
+            return LoadOutcome(url, one_line(str(exc)))
+        return LoadOutcome(url)
 
     def _gave_up(self, problem: str) -> str:
         tries = self.retry.attempts

@@ -192,3 +192,29 @@ def test_the_client_tells_a_lagging_directory_from_a_missing_route(tmp_path: Pat
     assert isinstance(lagging, AdapterTransientError) and "HTTP 404" in str(lagging)
     assert not isinstance(routeless, AdapterTransientError)
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1" in str(routeless)
+
+
+def test_a_name_the_server_kept_from_before_is_reloaded_with_the_new_weights(
+    tmp_path: Path,
+) -> None:
+    """A resumed run (or another run) publishes a version name the server still holds: the
+    server refuses a plain load of a known name, so the weights at the new path are loaded in
+    place. Old code: the refusal dropped the server, and with one server stopped the run."""
+
+    async def run(server: FakeServer) -> None:
+        earlier = OpenAIPolicy(server.url, DEFAULT_MODEL, publish_retry=FAST)
+        try:
+            await earlier.publish_adapter(peft_dir(tmp_path / "earlier", "v0002"), "v0002")
+        finally:
+            await earlier.aclose()
+        resumed = policy_on(server)
+        try:
+            fresh = peft_dir(tmp_path / "resumed", "v0002")
+            await resumed.publish_adapter(fresh, "v0002")
+            assert server.fake.adapters["v0002"] == str(fresh.resolve())
+            assert (await resumed.complete(QUESTION)).model == "v0002"
+        finally:
+            await resumed.aclose()
+
+    with fake_vllm(LORA) as server:
+        asyncio.run(run(server))
