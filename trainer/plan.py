@@ -8,8 +8,12 @@ follow what the code does, not a textbook:
   `dtype="auto"`: the checkpoint's own dtype, float32 when the config names none. PEFT casts the
   LoRA weights to float32 (`autocast_adapter_dtype`), and `torch.optim.AdamW` keeps its two
   moments in the parameters' dtype: 4 + 4 (grad) + 8 bytes per LoRA parameter, no master copy.
-- Each data-parallel rank (trainer/distributed.py) holds a whole base replica; DDP adds one
-  bucket copy of the LoRA gradients. More GPUs never shrink the per-GPU figure.
+- `data_parallel: ddp`: each rank (trainer/distributed.py) holds a whole base replica; DDP adds
+  one bucket copy of the LoRA gradients. More GPUs never shrink the per-GPU figure.
+- `data_parallel: fsdp` over N > 1 ranks (trainer/fsdp.py, FSDP2's defaults): each rank holds
+  1/N of the base, LoRA weights, grads and AdamW moments, plus in full the root (embeddings,
+  lm_head, final norm: FSDP2 never reshards the root after forward) and two decoder layers
+  (the one running and the next, prefetched). Activations and logits are each rank's own.
 - Logprobs and entropy (trainer/loss.py `token_logprobs`) keep the model's (batch, seq, vocab)
   logits for backward, which builds their gradient beside them: 2 x dtype bytes per token per
   vocabulary entry at the peak, plus two float32 chunks of up to 2^24 elements (the float32 work is
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from rollout.vllm import round_lora_rank
 from trainer.plan_model import (
@@ -33,10 +37,14 @@ from trainer.plan_model import (
     ModelShape,
     activation_bytes,
     kv_bytes_per_token,
+    layer_parameter_count,
     logits_bytes,
     logits_chunk_positions,
+    lora_layer_count,
     lora_parameter_count,
+    lora_root_count,
     parameter_count,
+    root_parameter_count,
 )
 
 GIB = 1024**3
@@ -95,6 +103,7 @@ class Workload:
     servers: int  # vLLM servers (policy.base_urls); 0: the local backend, no vLLM
     group_size: int
     gradient_checkpointing: bool = False
+    data_parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp shards the base over the ranks
 
     @classmethod
     def from_config(cls, config: Any) -> Workload:
@@ -109,6 +118,7 @@ class Workload:
             servers=len(policy.base_urls) if policy.backend == "vllm" else 0,
             group_size=config.group_size,
             gradient_checkpointing=config.gradient_checkpointing,
+            data_parallel=config.data_parallel,
         )
 
 
@@ -131,16 +141,17 @@ def gib(value: int) -> str:
     return f"{value / GIB:.2f} GiB"
 
 
-def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
+def is_sharded(work: Workload, hw: Hardware) -> bool:
+    """Whether the trainer shards the base: fsdp over several ranks. One process alone is
+    never wrapped (trainer/distributed.py wrap_model), whatever data_parallel says."""
+    return work.data_parallel == "fsdp" and hw.gpus > 1
+
+
+def replica_items(shape: ModelShape, work: Workload, hw: Hardware) -> list[MemoryItem]:
+    """ddp (or one process): a whole base and the whole LoRA state on every GPU."""
     d = shape.dtype_bytes
     params = parameter_count(shape)
-    targets = list(work.lora_targets)
-    lora = lora_parameter_count(shape, work.lora_rank, targets)
-    b, s = work.micro_batch_size, work.max_sequence_tokens
-    act = activation_bytes(shape, work.lora_rank, targets, b, s, work.gradient_checkpointing)
-    logits_peak, _ = logits_bytes(shape, b, s)
-    chunk = logits_chunk_positions(shape, b, s)
-    kind = "with" if work.gradient_checkpointing else "without"
+    lora = lora_parameter_count(shape, work.lora_rank, list(work.lora_targets))
     items = [
         MemoryItem(
             "base weights", params * d, f"{params:,} params x {d} B ({shape.dtype}), frozen"
@@ -151,10 +162,86 @@ def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
     ]
     if hw.gpus > 1:
         items.append(MemoryItem("DDP grad buckets", lora * FP32, "one more copy of the grads"))
-    items.append(MemoryItem(
+    return items
+
+
+def root_bytes(shape: ModelShape, work: Workload) -> int:
+    """FSDP's root unit in full: embeddings, lm_head unless tied, final norm (and their LoRA)."""
+    lora = lora_root_count(shape, work.lora_rank, list(work.lora_targets))
+    return root_parameter_count(shape) * shape.dtype_bytes + lora * FP32
+
+
+def layer_bytes(shape: ModelShape, work: Workload) -> int:
+    """One decoder layer in full, as its all-gather rebuilds it: base in its dtype, LoRA float32."""
+    lora = lora_layer_count(shape, work.lora_rank, list(work.lora_targets))
+    return layer_parameter_count(shape) * shape.dtype_bytes + lora * FP32
+
+
+def shardable_bytes(shape: ModelShape, work: Workload) -> int:
+    """What FSDP divides over the ranks: the base, LoRA weights, grads and AdamW's moments."""
+    lora = lora_parameter_count(shape, work.lora_rank, list(work.lora_targets))
+    return parameter_count(shape) * shape.dtype_bytes + lora * 4 * FP32
+
+
+def sharded_items(shape: ModelShape, work: Workload, hw: Hardware) -> list[MemoryItem]:
+    """data_parallel: fsdp over hw.gpus ranks (trainer/fsdp.py): fully_shard on every decoder
+    layer, then on the root, both with torch's default reshard_after_forward. Each rank keeps
+    1/N of every weight (rank 0 at most one row per weight more: ignored); a layer is gathered
+    in full while it runs and resharded after its forward and its backward, while FSDP2 leaves
+    the root unsharded from the first forward to the end of backward (lazy init sets the root's
+    post-forward reshard off). Two layers: in backward the running one and the next, which
+    FSDP2 prefetches; in forward, on a GPU, the copy-out of a layer's gather overlaps the next
+    gather, so a third layer's buffer lives for a moment, before the peak (the activations are
+    at their largest when backward starts), so it is left out. The optimizer runs over the
+    shards: LoRA grads (reduce-scattered) and AdamW's moments are 1/N too; no DDP buckets."""
+    n, d = hw.gpus, shape.dtype_bytes
+    params = parameter_count(shape)
+    lora = lora_parameter_count(shape, work.lora_rank, list(work.lora_targets))
+    layer = layer_parameter_count(shape)
+    head = (
+        "embeddings (lm_head tied), final norm"
+        if shape.tied_embeddings
+        else "embeddings, lm_head, final norm"
+    )
+    return [
+        MemoryItem(
+            "base weights", -(-params * d // n),
+            f"{params:,} params x {d} B ({shape.dtype}) / {n} ranks: this rank's shard, frozen",
+        ),
+        MemoryItem(
+            "unsharded root", root_bytes(shape, work),
+            f"{head} in full: FSDP2 keeps the root gathered from forward to the end of backward",
+        ),
+        MemoryItem(
+            "gathered layers", 2 * layer_bytes(shape, work),
+            f"2 x one decoder layer in full ({layer:,} params + its LoRA): the one running and "
+            "the next, prefetched; each resharded after its forward and backward",
+        ),
+        MemoryItem(
+            "LoRA weights", -(-lora * FP32 // n),
+            f"{lora:,} params, rank {work.lora_rank}, float32 / {n} ranks",
+        ),
+        MemoryItem("LoRA grads", -(-lora * FP32 // n), f"float32, reduce-scattered / {n} ranks"),
+        MemoryItem(
+            "AdamW moments", -(-lora * 2 * FP32 // n),
+            f"2 x float32 over the shards / {n} ranks, no master copy",
+        ),
+    ]  # fmt: skip
+
+
+def step_items(shape: ModelShape, work: Workload) -> list[MemoryItem]:
+    """What one micro-batch's forward and backward hold: the same on every rank, ddp or fsdp."""
+    d = shape.dtype_bytes
+    targets = list(work.lora_targets)
+    b, s = work.micro_batch_size, work.max_sequence_tokens
+    act = activation_bytes(shape, work.lora_rank, targets, b, s, work.gradient_checkpointing)
+    logits_peak, _ = logits_bytes(shape, b, s)
+    chunk = logits_chunk_positions(shape, b, s)
+    kind = "with" if work.gradient_checkpointing else "without"
+    items = [MemoryItem(
         "activations", act.saved,
         f"{kind} gradient checkpointing: {b} x {s} tokens kept for backward",
-    ))  # fmt: skip
+    )]  # fmt: skip
     if act.recompute:
         note = "one layer rebuilt in backward" + (", with its mask" if b > 1 else "")
         items.append(MemoryItem("recomputed layer", act.recompute, note))
@@ -168,11 +255,32 @@ def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
     ))  # fmt: skip
     ref = "adapter disabled on the same base, no_grad: no extra weights"
     items.append(MemoryItem("KL reference", 0, ref if work.kl_coef > 0 else "kl_coef 0: none"))
-    available = hw.gpu_memory
+    return items
+
+
+def available_bytes(hw: Hardware) -> int:
+    """The trainer's share of a GPU: all of it, or what vLLM leaves when they share it."""
     if hw.colocate:
-        available = int(hw.gpu_memory * (1 - hw.gpu_memory_utilization))
+        return int(hw.gpu_memory * (1 - hw.gpu_memory_utilization))
+    return hw.gpu_memory
+
+
+def trainer_side(shape: ModelShape, work: Workload, hw: Hardware) -> Side:
+    sharded = is_sharded(work, hw)
+    weights = sharded_items if sharded else replica_items
+    items = weights(shape, work, hw) + step_items(shape, work)
+    available = available_bytes(hw)
+    if sharded:
+        ranks = (
+            f"{hw.gpus} FSDP ranks (data_parallel: fsdp), one GPU each, the base sharded over "
+            "them; the gathered items assume FSDP2's defaults as trainer/fsdp.py sets them"
+        )
+    else:
+        ranks = f"{hw.gpus} data-parallel rank(s), one GPU each, each with a full base replica"
+        if work.data_parallel == "fsdp":
+            ranks += " (data_parallel: fsdp shards nothing in one process)"
     notes = (
-        f"{hw.gpus} data-parallel rank(s), one GPU each, each with a full base replica",
+        ranks,
         "items are summed: the logits' temporaries and a recomputed layer never coexist, so "
         "the total is an upper bound for sequences of max_sequence_tokens",
     )
@@ -234,37 +342,33 @@ def trainer_changes(shape: ModelShape, work: Workload, hw: Hardware, side: Side)
     all of them with the longest max_sequence_tokens that fits."""
     if side.fits:
         return []
-    weights = side.items[0].bytes
-    if weights > side.available:
-        return [
-            f"the base weights alone ({gib(weights)}) exceed the GPU: shard them with FSDP "
-            "(not in toolgym yet) or use larger GPUs; more data-parallel GPUs do not help, "
-            "each holds a full replica"
-        ]
+    weights = parameter_count(shape) * shape.dtype_bytes
+    if not is_sharded(work, hw) and weights > side.available:
+        return replica_too_large(shape, work, hw, weights)
 
     def total(lever_work: dict[str, Any], lever_hw: dict[str, Any]) -> tuple[Side, str]:
         other = trainer_side(shape, replace(work, **lever_work), replace(hw, **lever_hw))
-        verdict = "fits" if other.fits else "still over"
-        return other, f"{gib(other.total)} of {gib(other.available)}, {verdict}"
+        return other, figure(other)
 
     found = []
     if not work.gradient_checkpointing:
-        _, figure = total({"gradient_checkpointing": True}, {})
-        found.append(f"gradient_checkpointing: true: {figure}")
+        _, text = total({"gradient_checkpointing": True}, {})
+        found.append(f"gradient_checkpointing: true: {text}")
     if work.micro_batch_size > 1:
-        _, figure = total({"micro_batch_size": 1}, {})
-        found.append(f"micro_batch_size 1 (no padding masks): {figure}")
+        _, text = total({"micro_batch_size": 1}, {})
+        found.append(f"micro_batch_size 1 (no padding masks): {text}")
     half = work.max_sequence_tokens // 2
     found.append(f"max_sequence_tokens {half}: {total({'max_sequence_tokens': half}, {})[1]}")
     tokens = work.max_sequence_tokens
     while tokens >= 32:  # all levers at once, halving the sequence until it fits
         together = {"micro_batch_size": 1, "max_sequence_tokens": tokens}
-        other, figure = total({**together, "gradient_checkpointing": True}, {})
+        other, text = total({**together, "gradient_checkpointing": True}, {})
         if other.fits:
             levers = f"checkpointing, micro_batch_size 1, max_sequence_tokens {tokens}"
-            found.append(f"together: {levers}: {figure}")
+            found.append(f"together: {levers}: {text}")
             break
         tokens //= 2
+    found += fsdp_levers(shape, work, hw)
     logits = next(item for item in side.items if item.name == "logits")
     if logits.bytes == max(item.bytes for item in side.items):
         found.append(
@@ -273,6 +377,102 @@ def trainer_changes(shape: ModelShape, work: Workload, hw: Hardware, side: Side)
         )
     if hw.colocate:
         found.append("put vLLM on its own GPU(s): the trainer then has the whole GPU")
+    return found
+
+
+def figure(side: Side) -> str:
+    verdict = "fits" if side.fits else "still over"
+    return f"{gib(side.total)} of {gib(side.available)}, {verdict}"
+
+
+def fsdp_min_gpus(shape: ModelShape, work: Workload, hw: Hardware) -> int | None:
+    """The fewest fsdp ranks whose per-GPU total fits: shardable / N + unsharded <= available;
+    None when what every rank holds in full leaves no room for any shard."""
+    room = available_bytes(hw) - unsharded_bytes(shape, work)
+    if room <= 0:
+        return None
+    n = max(2, math.ceil(shardable_bytes(shape, work) / room))
+    sharded = replace(work, data_parallel="fsdp")
+    # each rank's shard is rounded up item by item: a byte or two may push it over
+    while not trainer_side(shape, sharded, replace(hw, gpus=n)).fits:
+        n += 1
+    return n
+
+
+def unsharded_bytes(shape: ModelShape, work: Workload) -> int:
+    """What every fsdp rank holds in full, whatever N: the root, two gathered layers, one
+    micro-batch's activations and logits."""
+    step = sum(item.bytes for item in step_items(shape, work))
+    return root_bytes(shape, work) + 2 * layer_bytes(shape, work) + step
+
+
+def no_fsdp_fit(shape: ModelShape, work: Workload, hw: Hardware) -> str:
+    return (
+        "data_parallel: fsdp cannot fit at any N with these settings: what each GPU holds in "
+        f"full (root, two gathered layers, activations, logits) is "
+        f"{gib(unsharded_bytes(shape, work))} of {gib(available_bytes(hw))}"
+    )
+
+
+def fsdp_clause(work: Workload) -> str:
+    if work.servers:
+        return ""
+    return (
+        "; rollouts must then come from vLLM (policy.backend: vllm): fsdp is refused with "
+        "policy.backend local"
+    )
+
+
+def fsdp_levers(shape: ModelShape, work: Workload, hw: Hardware) -> list[str]:
+    """Sharding as a lever when the weights fit but the total does not: fsdp over the same
+    GPUs (a ddp run's), or over more (a single GPU's, or an fsdp run's with too few)."""
+    sharded = replace(work, data_parallel="fsdp")
+    n = fsdp_min_gpus(shape, work, hw)
+    if not is_sharded(work, hw) and hw.gpus > 1:
+        weights = parameter_count(shape) * shape.dtype_bytes
+        freed = weights - -(-weights // hw.gpus)
+        other = trainer_side(shape, sharded, hw)
+        more = f" (fits from --gpus {n})" if n is not None and not other.fits else ""
+        return [
+            f"data_parallel: fsdp over the same {hw.gpus} GPUs frees (1 - 1/{hw.gpus}) x "
+            f"{gib(weights)} of base = {gib(freed)}: {figure(other)}{more}{fsdp_clause(work)}"
+        ]
+    if n is None:  # more shards cannot help; the other levers shrink what each GPU holds
+        return [no_fsdp_fit(shape, work, hw)] if is_sharded(work, hw) else []
+    if n <= hw.gpus:  # cannot happen: an fsdp run that fits at n <= its N already fits
+        return []
+    other = trainer_side(shape, sharded, replace(hw, gpus=n))
+    lever = f"data_parallel: fsdp over {n} GPUs (--gpus {n}): {figure(other)}"
+    return [f"more GPUs: {lever}" if is_sharded(work, hw) else lever + fsdp_clause(work)]
+
+
+def replica_too_large(shape: ModelShape, work: Workload, hw: Hardware, weights: int) -> list[str]:
+    """The base alone exceeds a GPU and every rank holds all of it: only sharding helps."""
+    found = [
+        f"the base weights alone ({gib(weights)}) exceed the GPU: more ddp GPUs do not help "
+        "(each holds a full replica); shard the base, or use larger GPUs"
+    ]
+    n = fsdp_min_gpus(shape, work, hw)
+    if n is not None:
+        other = trainer_side(shape, replace(work, data_parallel="fsdp"), replace(hw, gpus=n))
+        found.append(
+            f"data_parallel: fsdp over N GPUs holds {gib(weights)} / N on each (needs "
+            f"N >= {n}; at --gpus {n}: {figure(other)}){fsdp_clause(work)}"
+        )
+        return found
+    found.append(no_fsdp_fit(shape, work, hw) + fsdp_clause(work))
+    tokens = work.max_sequence_tokens
+    while tokens >= 32:  # with the other levers, halving the sequence until some N fits
+        lean = replace(work, gradient_checkpointing=True, micro_batch_size=1,
+                       max_sequence_tokens=tokens)  # fmt: skip
+        n = fsdp_min_gpus(shape, lean, hw)
+        if n is not None:
+            found.append(
+                "together: data_parallel: fsdp, checkpointing, micro_batch_size 1, "
+                f"max_sequence_tokens {tokens}: needs N >= {n}"
+            )
+            break
+        tokens //= 2
     return found
 
 

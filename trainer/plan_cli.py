@@ -1,6 +1,7 @@
 """`toolgym plan`: will a train config fit the GPUs? Reads the model's config.json, no weights.
 
     toolgym plan --config configs/gpu-qwen2.5-3b.yaml --gpus 1 --gpu-memory 80GiB [--json]
+    toolgym plan --config configs/gpu-qwen2.5-3b.yaml --set data_parallel=fsdp --gpus 4
 
 The arithmetic is trainer/plan.py; this module reads the files, parses sizes and prints.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from envs.argtypes import open_fraction, positive_int
 from trainer.errors import TrainerError
-from trainer.plan import GIB, Hardware, Plan, Side, Workload, make_plan
+from trainer.plan import GIB, Hardware, Plan, Side, Workload, is_sharded, make_plan
 from trainer.plan_model import ModelShape, PlanError, shape_from_config
 
 ERRORS: tuple[type[BaseException], ...] = (TrainerError,)
@@ -88,7 +89,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--model-config", type=Path, default=None,
         help="the model's config.json (or its directory) instead of base_model's; offline use",
     )  # fmt: skip
-    plan.add_argument("--gpus", type=positive_int, default=1, help="trainer ranks, one GPU each")
+    plan.add_argument(
+        "--gpus", type=positive_int, default=1,
+        help="trainer ranks, one GPU each (data_parallel: fsdp shards the base over them)",
+    )  # fmt: skip
     plan.add_argument("--gpu-memory", type=parse_size, default=80 * GIB, help="e.g. 80GiB, 141G")
     plan.add_argument(
         "--tensor-parallel", type=positive_int, default=1, help="GPUs per vLLM server"
@@ -135,6 +139,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "shape": dataclasses.asdict(plan.shape),
         "parameters": plan.parameters,
         "workload": dataclasses.asdict(plan.workload),
+        # the config's key, and whether the plan shards the base (fsdp over more than one GPU)
+        "data_parallel": plan.workload.data_parallel,
+        "sharded": is_sharded(plan.workload, plan.hardware),
         "hardware": dataclasses.asdict(plan.hardware),
         "trainer": side(plan.trainer),
         "vllm": side(plan.vllm),

@@ -112,17 +112,27 @@ def shape_from_config(config: Any) -> ModelShape:
     )
 
 
-def parameter_count(shape: ModelShape) -> int:
-    """Every parameter of the model, as `sum(p.numel() for p in model.parameters())` counts
-    them (tied embeddings once)."""
+def layer_parameter_count(shape: ModelShape) -> int:
+    """One decoder layer's parameters: the unit trainer/fsdp.py shards and gathers."""
     h, q, kv, i = shape.hidden_size, shape.q_dim, shape.kv_dim, shape.intermediate_size
     attention = h * q + 2 * h * kv + q * h
     attention += (q + 2 * kv) * shape.qkv_bias + h * shape.o_bias
     attention += 2 * shape.head_dim * shape.qk_norm
     mlp = 3 * h * i + (2 * i + h) * shape.mlp_bias
-    layer = attention + mlp + 2 * h  # two RMSNorms
-    embeddings = shape.vocab_size * h * (1 if shape.tied_embeddings else 2)
-    return shape.num_layers * layer + embeddings + h  # + the final norm
+    return attention + mlp + 2 * h  # two RMSNorms
+
+
+def root_parameter_count(shape: ModelShape) -> int:
+    """The parameters outside the decoder layers (FSDP's root unit): the embeddings, lm_head
+    unless tied to them, and the final norm."""
+    embeddings = shape.vocab_size * shape.hidden_size * (1 if shape.tied_embeddings else 2)
+    return embeddings + shape.hidden_size
+
+
+def parameter_count(shape: ModelShape) -> int:
+    """Every parameter of the model, as `sum(p.numel() for p in model.parameters())` counts
+    them (tied embeddings once)."""
+    return shape.num_layers * layer_parameter_count(shape) + root_parameter_count(shape)
 
 
 def lora_parameter_count(shape: ModelShape, rank: int, targets: list[str]) -> int:
@@ -135,11 +145,21 @@ def lora_parameter_count(shape: ModelShape, rank: int, targets: list[str]) -> in
             f"lora.target_modules: {', '.join(unknown)} is no module of a {shape.model_type} "
             f"model (known: {known})"
         )
-    per_layer = sum(rank * sum(dims[t]) for t in targets if t in dims)
-    edges = rank * (shape.vocab_size + shape.hidden_size)
-    return shape.num_layers * per_layer + edges * (
-        ("lm_head" in targets) + ("embed_tokens" in targets)
+    return shape.num_layers * lora_layer_count(shape, rank, targets) + lora_root_count(
+        shape, rank, targets
     )
+
+
+def lora_layer_count(shape: ModelShape, rank: int, targets: list[str]) -> int:
+    """The LoRA parameters inside one decoder layer (gathered with it under FSDP)."""
+    dims = shape.linear_dims()
+    return sum(rank * sum(dims[t]) for t in targets if t in dims)
+
+
+def lora_root_count(shape: ModelShape, rank: int, targets: list[str]) -> int:
+    """The LoRA parameters on lm_head and embed_tokens: FSDP's root unit."""
+    edges = rank * (shape.vocab_size + shape.hidden_size)
+    return edges * (("lm_head" in targets) + ("embed_tokens" in targets))
 
 
 @dataclass(frozen=True)

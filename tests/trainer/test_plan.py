@@ -9,22 +9,27 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 
 from trainer.cli import main
+from trainer.plan import GIB, Hardware, Workload, make_plan, trainer_side
 from trainer.plan_cli import parse_size
 from trainer.plan_model import (
     ModelShape,
     activation_bytes,
     kv_bytes_per_token,
+    layer_parameter_count,
     logits_bytes,
     lora_parameter_count,
     parameter_count,
+    root_parameter_count,
     shape_from_config,
 )
 
@@ -400,3 +405,222 @@ def test_peak_matches_the_summed_items(
     grads = 4 * lora_parameter_count(shape, 8, targets)
     estimate = act.saved + act.masks + logits_peak + grads
     assert_close(f"peak V{vocab} b{b} s{s}", measured, estimate)
+
+
+# ---- data_parallel: fsdp ----
+
+
+def test_layer_and_root_counts_are_the_models() -> None:
+    """FSDP's units as trainer/fsdp.py makes them: one per decoder layer, the rest the root."""
+    from transformers import AutoModelForCausalLM
+
+    for tied in (True, False):
+        config = config_of("qwen2", **TINY, **GQA, tie_word_embeddings=tied)
+        model = AutoModelForCausalLM.from_config(config)
+        shape = shape_from_config(config)
+        layer = sum(p.numel() for p in model.model.layers[0].parameters())
+        in_layers = {id(p) for p in model.model.layers.parameters()}
+        root = sum(p.numel() for p in model.parameters() if id(p) not in in_layers)
+        assert (layer_parameter_count(shape), root_parameter_count(shape)) == (layer, root)
+
+
+def tiny_work(**values: Any) -> Workload:
+    return Workload(**{
+        "micro_batch_size": 2, "max_sequence_tokens": 256, "lora_rank": 8,
+        "lora_targets": tuple(ALL_LINEAR), "kl_coef": 0.0, "concurrency": 8, "servers": 1,
+        "group_size": 4, **values,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+def test_fsdp_items_are_the_formula(gpus: int) -> None:
+    """Per GPU: W / N + the root in full + two decoder layers in full; the LoRA state / N;
+    no DDP buckets; activations and logits as each ddp rank's."""
+    config = config_of("qwen2", **TINY, **GQA, tie_word_embeddings=False, dtype="bfloat16")
+    shape = shape_from_config(config)
+    work, hw = tiny_work(data_parallel="fsdp"), Hardware(gpus=gpus, gpu_memory=GIB)
+    items = {i.name: i.bytes for i in trainer_side(shape, work, hw).items}
+    ddp = {i.name: i.bytes for i in trainer_side(shape, tiny_work(), hw).items}
+    d, n = 2, gpus
+    # hand-counted: q 32x32, k/v 32x16, o 32x32, gate/up/down 32x88, biases q 32 + k/v 16, norms
+    layer = 2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 88 + (32 + 2 * 16) + 2 * 32
+    root = 2 * 300 * 32 + 32  # embeddings, lm_head (untied), final norm
+    lora_layer = 8 * ((32 + 32) * 2 + (32 + 16) * 2 + (32 + 88) * 3)
+    weights, lora = (2 * layer + root) * d, 2 * lora_layer
+    assert items["base weights"] == -(-weights // n)
+    assert items["unsharded root"] == root * d
+    assert items["gathered layers"] == 2 * (layer * d + lora_layer * 4)
+    assert items["LoRA weights"] == items["LoRA grads"] == -(-lora * 4 // n)
+    assert items["AdamW moments"] == -(-lora * 8 // n)
+    assert "DDP grad buckets" not in items and "DDP grad buckets" in ddp
+    for name in ("activations", "attention masks", "logits"):
+        assert items[name] == ddp[name] > 0
+    # one process alone is never wrapped: fsdp then plans a replica
+    single = trainer_side(shape, work, Hardware(gpus=1, gpu_memory=GIB))
+    assert single.items[0].bytes == weights and "shards nothing" in single.notes[0]
+
+
+def fsdp_worker(rank: int, world: int, store: str, out: str, model_dir: str) -> None:
+    """trainer/fsdp.py's sharding of a bfloat16 PEFT model -> this rank's parameter bytes:
+    resident at rest (the local shards), and held in full after one forward (unsharded)."""
+    from test_fsdp import peft_model
+    from torch.distributed.tensor import DTensor
+
+    from trainer.distributed import DistContext, unwrap, wrap_model
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model = wrap_model(peft_model(model_dir, torch.bfloat16), DistContext(rank, world, rank),
+                           "fsdp")  # fmt: skip
+
+        def held() -> dict[str, int]:
+            figures = {"shards": 0, "full": 0, "full_in_layers": 0}
+            for name, param in unwrap(model).named_parameters():
+                if isinstance(param, DTensor):
+                    figures["shards"] += param.to_local().nbytes
+                else:  # gathered and not resharded
+                    figures["full"] += param.nbytes
+                    figures["full_in_layers"] += param.nbytes * (".layers." in name)
+            return figures
+
+        at_rest = held()
+        model(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6]]))  # grad on, as the update runs it
+        torch.save({"at_rest": at_rest, "after_forward": held()}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_fsdp_shards_and_root_as_measured(tiny_policy_dir: Path, tmp_path: Path) -> None:
+    """The real wrapping (trainer/fsdp.py) on 2 gloo ranks: each rank's local shards against
+    the estimate's sharded weights (base / N + LoRA / N); after a forward the root alone
+    stays gathered (FSDP2 does not reshard it) and every layer is sharded again."""
+    import torch.multiprocessing as mp
+    from test_fsdp import lora_settings
+    from transformers import AutoConfig
+
+    mp.spawn(fsdp_worker, args=(2, str(tmp_path / "store"), str(tmp_path), str(tiny_policy_dir)),
+             nprocs=2, join=True)  # fmt: skip
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    lora = lora_settings()
+    shape = replace(shape_from_config(AutoConfig.from_pretrained(tiny_policy_dir)),
+                    dtype="bfloat16")  # fmt: skip
+    work = tiny_work(lora_rank=lora.r, lora_targets=tuple(sorted(lora.target_modules)),
+                     data_parallel="fsdp")  # fmt: skip
+    items = {i.name: i.bytes for i in trainer_side(shape, work, Hardware(gpus=2)).items}
+    for rank, figures in enumerate(ranks):
+        assert figures["at_rest"]["full"] == 0  # nothing gathered before the first forward
+        assert_close(f"rank {rank} shards", figures["at_rest"]["shards"],
+                     items["base weights"] + items["LoRA weights"])  # fmt: skip
+        after = figures["after_forward"]
+        assert after["full_in_layers"] == 0  # each layer resharded after its forward
+        assert_close(f"rank {rank} root after forward", after["full"], items["unsharded root"])
+
+
+# Meta-Llama-3-70B's published config.json (huggingface.co/meta-llama/Meta-Llama-3-70B):
+# 70,553,706,496 parameters on the hub's safetensors index; 131.4 GiB in bfloat16
+LLAMA3_70B = {
+    "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+}  # fmt: skip
+
+
+def gpu_config_work(**values: Any) -> Workload:
+    """configs/gpu-qwen2.5-3b.yaml's workload (rank 32 on every projection, 2 x 8192 tokens,
+    checkpointing, one vLLM server)."""
+    from trainer.config import load_config
+
+    return replace(Workload.from_config(load_config(Path(GPU_CONFIG))), **values)
+
+
+def fewest_fsdp_gpus(shape: ModelShape, work: Workload, available: int) -> int | None:
+    """n_min by hand: (base + LoRA weights, grads, moments) / N + what each GPU holds in full
+    (root, two layers, activations, logits) <= available."""
+    targets = list(work.lora_targets)
+    b, s, r = work.micro_batch_size, work.max_sequence_tokens, work.lora_rank
+    d, lora = shape.dtype_bytes, lora_parameter_count(shape, r, targets)
+    act = activation_bytes(shape, r, targets, b, s, work.gradient_checkpointing)
+    logits, _ = logits_bytes(shape, b, s)
+    layer_lora = lora_parameter_count(replace(shape, num_layers=1), r, targets)
+    full = root_parameter_count(shape) * d + 2 * (layer_parameter_count(shape) * d + 4 * layer_lora)
+    room = available - full - act.saved - act.recompute - act.masks - logits
+    return -(-(parameter_count(shape) * d + 16 * lora) // room) if room > 0 else None
+
+
+def test_a_base_larger_than_the_gpu_gets_fsdp_with_its_fewest_gpus() -> None:
+    shape = shape_from_config(config_of("llama", **LLAMA3_70B))
+    assert parameter_count(shape) == 70_553_706_496
+    work, hw = gpu_config_work(), Hardware(gpus=8, gpu_memory=80 * GIB)
+    plan = make_plan(shape, work, hw)
+    n = fewest_fsdp_gpus(shape, work, 80 * GIB)
+    assert n == 4  # 131.4 GiB of base: 3 GPUs leave too little beside 2 x 8192 tokens' logits
+    fsdp = replace(work, data_parallel="fsdp")
+    at_n = trainer_side(shape, fsdp, replace(hw, gpus=n))
+    assert at_n.fits and not trainer_side(shape, fsdp, replace(hw, gpus=n - 1)).fits
+    assert plan.changes[0].startswith("the base weights alone (131.42 GiB) exceed the GPU")
+    assert plan.changes[1] == (
+        f"data_parallel: fsdp over N GPUs holds 131.42 GiB / N on each (needs N >= {n}; "
+        f"at --gpus {n}: {at_n.total / GIB:.2f} GiB of 80.00 GiB, fits)"
+    )
+    # served rollouts already: no word on the backend
+    assert not any("policy.backend" in change for change in plan.changes)
+
+
+def test_fsdp_that_no_n_can_fit_says_so_and_what_would() -> None:
+    """Without checkpointing, 2 x 8192 tokens of a 70B's activations exceed any one GPU."""
+    shape = shape_from_config(config_of("llama", **LLAMA3_70B))
+    work = gpu_config_work(gradient_checkpointing=False, servers=0)  # the local backend
+    plan = make_plan(shape, work, Hardware(gpus=8, gpu_memory=80 * GIB))
+    assert fewest_fsdp_gpus(shape, work, 80 * GIB) is None
+    lean = replace(work, gradient_checkpointing=True, micro_batch_size=1)
+    n = fewest_fsdp_gpus(shape, lean, 80 * GIB)
+    assert "data_parallel: fsdp cannot fit at any N with these settings" in plan.changes[1]
+    assert "rollouts must then come from vLLM" in plan.changes[1]
+    assert plan.changes[2] == (
+        "together: data_parallel: fsdp, checkpointing, micro_batch_size 1, "
+        f"max_sequence_tokens 8192: needs N >= {n}"
+    )
+
+
+def test_a_ddp_run_over_budget_gets_fsdp_on_the_same_gpus() -> None:
+    shape = fixture_shape("qwen2.5-3b-instruct.json")
+    work, hw = gpu_config_work(), Hardware(gpus=2, gpu_memory=20 * GIB)
+    plan = make_plan(shape, work, hw)
+    assert not plan.trainer.fits
+    sharded = trainer_side(shape, replace(work, data_parallel="fsdp"), hw)
+    assert sharded.fits  # sharding alone brings it under
+    weights = parameter_count(shape) * 2
+    lever = next(c for c in plan.changes if c.startswith("data_parallel: fsdp"))
+    assert lever == (
+        f"data_parallel: fsdp over the same 2 GPUs frees (1 - 1/2) x {weights / GIB:.2f} GiB "
+        f"of base = {weights / 2 / GIB:.2f} GiB: {sharded.total / GIB:.2f} GiB of 20.00 GiB, fits"
+    )
+    fsdp = replace(work, data_parallel="fsdp")
+    assert make_plan(shape, fsdp, hw).trainer.fits  # then no trainer lever at all
+    # an fsdp run with too few GPUs: more of them
+    n = fewest_fsdp_gpus(shape, fsdp, 18 * GIB)
+    assert n is not None and n > 2
+    plan = make_plan(shape, fsdp, replace(hw, gpu_memory=18 * GIB))
+    more = f"more GPUs: data_parallel: fsdp over {n} GPUs (--gpus {n}): "
+    assert any(change.startswith(more) for change in plan.changes), plan.changes
+
+
+def test_cli_plans_fsdp(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--config", GPU_CONFIG, "--model-config", QWEN_3B, "--gpus", "4"]
+    _, out, _ = toolgym([*argv, "--json"], capsys)
+    ddp = json.loads(out)
+    status, out, _ = toolgym([*argv, "--set", "data_parallel=fsdp", "--json"], capsys)
+    fsdp = json.loads(out)
+    assert status == 0 and fsdp["data_parallel"] == "fsdp" and fsdp["sharded"] is True
+    assert ddp["data_parallel"] == "ddp" and ddp["sharded"] is False
+    assert fsdp["workload"]["data_parallel"] == "fsdp"
+    names = [item["name"] for item in fsdp["trainer"]["items"]]
+    assert names[:3] == ["base weights", "unsharded root", "gathered layers"]
+    assert "DDP grad buckets" not in names
+    assert fsdp["trainer"]["total"] < ddp["trainer"]["total"]
+    status, out, _ = toolgym([*argv, "--set", "data_parallel=fsdp"], capsys)
+    assert status == 0 and "4 FSDP ranks" in out and "/ 4 ranks: this rank's shard" in out
