@@ -8,7 +8,9 @@ Several servers share the load by least outstanding requests: each request goes 
 with the fewest in flight (ties round-robin), and a server that just failed sits out a short,
 growing cool-down, so a dead replica is soon avoided instead of costing every request a retry.
 A new adapter version is loaded on every server at once before any request names it; a server
-that cannot load it leaves the rotation (rollout.adapter_fleet).
+that cannot load it leaves the rotation (rollout.adapter_fleet). Requests go through
+`rollout.http1` (httpx cost most of the engine's CPU per model call), or through httpx when a
+proxy applies to a server's URL or a transport is injected.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import json
 import math
 import os
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,6 +38,7 @@ from rollout.errors import (
     RolloutConfigError,
     TokenIdsMissingError,
 )
+from rollout.http1 import Http1Client, HttpError, JsonResponse
 from rollout.policy import DEFAULT_REQUEST_TIMEOUT_S, Turn, TurnRequest
 
 if TYPE_CHECKING:
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 API_KEY_ENV = "VLLM_API_KEY"
 _MAX_COOLDOWN_S = 60.0
 _CONNECTIONS_PER_POOL = 8
+_JSON = {"Content-Type": "application/json"}
+_NUMBER = (int, float)  # a tuple: `int | float` would build a new union for every token
 
 
 def normalise_base_url(url: str) -> str:
@@ -54,10 +61,66 @@ def normalise_base_url(url: str) -> str:
     return url
 
 
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """The request body, byte for byte what httpx's `json=` sends."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _proxied(url: str) -> bool:
+    """Whether httpx would send requests for `url` through a proxy from the environment
+    (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, minus NO_PROXY): Http1Client does not do proxies."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 @dataclass
 class _Pool:
     http: httpx.AsyncClient
     in_flight: int = 0
+
+
+class _HttpxPools:
+    """httpx, where Http1Client does not fit. Its pool scans all its connections for every
+    request (quadratic under load), so many small pools, each request on the least busy."""
+
+    def __init__(
+        self,
+        headers: dict[str, str],
+        timeout_s: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        shards = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
+        per_pool = math.ceil(max_connections / shards)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+        self._pools = [
+            _Pool(
+                httpx.AsyncClient(
+                    headers=headers,
+                    timeout=timeout_s,
+                    limits=limits,
+                    transport=transport,
+                    verify=shared_ssl_context(),
+                )
+            )
+            for _ in range(shards)
+        ]
+
+    async def post_json(self, url: str, body: bytes) -> httpx.Response:
+        pool = min(self._pools, key=lambda p: p.in_flight)
+        pool.in_flight += 1
+        try:
+            return await pool.http.post(url, content=body, headers=_JSON)
+        finally:
+            pool.in_flight -= 1
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.http.aclose()
 
 
 @dataclass
@@ -77,7 +140,7 @@ class _Problem:
     timeout: bool = False
 
 
-def server_message(response: httpx.Response) -> str:
+def server_message(response: JsonResponse) -> str:
     """The server's own error text: vLLM's {"error": {"message"}}, FastAPI's detail, or text."""
     try:
         body = response.json()
@@ -110,7 +173,10 @@ class OpenAIPolicy:
         transport: httpx.AsyncBaseTransport | None = None,
         adapter_dir_on_server: Path | None = None,
         publish_retry: PublishRetry | None = None,
+        http_client: Literal["auto", "httpx"] = "auto",
     ) -> None:
+        """`http_client="httpx"` keeps httpx even where rollout.http1 would do (a comparison:
+        benchmarks/bench_rollout.py --client httpx)."""
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise RolloutConfigError("OpenAIPolicy needs at least one base URL")
@@ -128,24 +194,15 @@ class OpenAIPolicy:
         self.publish_retry = publish_retry  # None: rollout.adapter_fleet's defaults
         self._fleet: AdapterFleet | None = None  # made by the first publish_adapter
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-        # httpx's pool scans all its connections for every request (quadratic under load), so
-        # many small pools, each request on the least busy, keep the client's CPU per call flat.
-        shards = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
-        per_pool = math.ceil(max_connections / shards)
-        self._pools = [
-            _Pool(
-                httpx.AsyncClient(
-                    headers={"Authorization": f"Bearer {key}"} if key else {},
-                    timeout=timeout_s,
-                    limits=httpx.Limits(
-                        max_connections=per_pool, max_keepalive_connections=per_pool
-                    ),
-                    transport=transport,
-                    verify=shared_ssl_context(),
-                )
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http: Http1Client | _HttpxPools
+        proxied = any(_proxied(backend.url) for backend in self._backends)
+        if http_client == "auto" and transport is None and not proxied:
+            self._http = Http1Client(
+                headers, max_connections=max_connections, ssl_context=shared_ssl_context()
             )
-            for _ in range(shards)
-        ]
+        else:  # an injected transport (tests), or a proxy httpx would honour and Http1Client not
+            self._http = _HttpxPools(headers, timeout_s, max_connections, transport)
 
     @property
     def model(self) -> str:
@@ -200,23 +257,16 @@ class OpenAIPolicy:
             payload["seed"] = request.seed
         return payload
 
-    async def _attempt(
-        self, backend: _Backend, payload: dict[str, Any]
-    ) -> httpx.Response | _Problem:
+    async def _attempt(self, backend: _Backend, body: bytes) -> JsonResponse | _Problem:
         """One try: the response (2xx or a refusal), or the transient problem."""
         url = backend.url
         backend.in_flight += 1
         try:
-            pool = min(self._pools, key=lambda p: p.in_flight)
-            pool.in_flight += 1
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    response = await pool.http.post(f"{url}/v1/chat/completions", json=payload)
-            finally:
-                pool.in_flight -= 1
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._http.post_json(f"{url}/v1/chat/completions", body)
         except (TimeoutError, httpx.TimeoutException):
             return _Problem(url, f"no reply within {self.timeout_s:g} s", timeout=True)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, HttpError) as exc:
             return _Problem(url, f"{type(exc).__name__}: {exc}".rstrip(": "))
         finally:
             backend.in_flight -= 1
@@ -226,6 +276,7 @@ class OpenAIPolicy:
 
     async def complete(self, request: TurnRequest) -> Turn:
         payload = self._payload(request)
+        body = encode_json(payload)  # once, however many attempts
         started = time.perf_counter()
         tried: set[str] = set()
         problem: _Problem | None = None
@@ -236,7 +287,7 @@ class OpenAIPolicy:
                 delay *= 2
             backend = self._pick(tried)
             tried.add(backend.url)
-            outcome = await self._attempt(backend, payload)
+            outcome = await self._attempt(backend, body)
             if isinstance(outcome, _Problem):
                 problem = outcome
                 self._failed(backend)
@@ -276,8 +327,7 @@ class OpenAIPolicy:
         return self._fleet
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.http.aclose()
+        await self._http.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
 
@@ -297,7 +347,7 @@ def _tool_call(raw: Any) -> dict[str, Any]:
     }
 
 
-def parse_turn(response: httpx.Response, url: str, latency_s: float) -> Turn:
+def parse_turn(response: JsonResponse, url: str, latency_s: float) -> Turn:
     """The Turn from a chat.completion body; token ids and logprobs exactly as served."""
     try:
         body = response.json()
@@ -318,7 +368,7 @@ def parse_turn(response: httpx.Response, url: str, latency_s: float) -> Turn:
     logprobs = [
         float(entry["logprob"])
         for entry in entries
-        if isinstance(entry, dict) and isinstance(entry.get("logprob"), int | float)
+        if isinstance(entry, dict) and isinstance(entry.get("logprob"), _NUMBER)
     ]
     if len(logprobs) != len(completion_ids) or len(entries) != len(completion_ids):
         raise TokenIdsMissingError(

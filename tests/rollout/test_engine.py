@@ -371,3 +371,20 @@ def test_the_local_policy_plays_real_episodes_end_to_end(
         ]
         assert generated == [i for t in trajectory.turns for i in t.completion_ids]
         assert all(len(t.logprobs) == len(t.completion_ids) <= 16 for t in trajectory.turns)
+
+
+def test_collections_are_tuned_while_runs_go_on_and_restored_after() -> None:
+    """Overlapping runs: the first to start tunes, the last to end restores (not the first)."""
+    import gc
+
+    from rollout.engine import fewer_collections
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    first, second = fewer_collections(), fewer_collections()
+    first.__enter__()
+    assert gc.get_threshold()[0] >= 10_000 and gc.get_threshold()[1:] == before[1:]
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[0] >= 10_000  # the second run is still going
+    second.__exit__(None, None, None)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)

@@ -194,3 +194,18 @@ def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
             complete(fast(live.url), TurnRequest(QUESTION, []))
         monkeypatch.setenv("VLLM_API_KEY", "sekret")
         assert complete(fast(live.url), TurnRequest(QUESTION, [])).completion_ids
+
+
+def test_httpx_carries_requests_a_proxy_would_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rollout.http1 does not do proxies: where httpx would use one, httpx is kept."""
+    from rollout.http1 import Http1Client
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        for variant in (name, name.lower()):
+            monkeypatch.delenv(variant, raising=False)
+    assert isinstance(fast("http://vllm:8000")._http, Http1Client)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert not isinstance(fast("http://vllm:8000")._http, Http1Client)
+    monkeypatch.setenv("NO_PROXY", "vllm")
+    assert isinstance(fast("http://vllm:8000")._http, Http1Client)
+    assert not isinstance(fast(["http://vllm:8000", "http://other:8000"])._http, Http1Client)

@@ -135,3 +135,16 @@ def test_a_rewrite_replaces_the_whole_file_or_nothing(tmp_path: Path) -> None:
         rewrite_trajectories(out, broken())
     assert out.read_bytes() == before  # the old file, whole
     assert list(tmp_path.iterdir()) == [out]  # and nothing half-written beside it
+
+
+def test_turn_tokens_own_their_lists() -> None:
+    """from_turn hands the served lists to validation, which copies them: changing the Turn's
+    lists afterwards must not change the record."""
+    from rollout.policy import Turn
+
+    served = Turn({"role": "assistant"}, [1, 2], [3], [-0.5], "stop", "m", 0.1)
+    tokens = TurnTokens.from_turn(served)
+    served.prompt_ids.append(9)
+    served.completion_ids.append(9)
+    served.logprobs.append(-1.0)
+    assert (tokens.prompt_ids, tokens.completion_ids, tokens.logprobs) == ([1, 2], [3], [-0.5])
