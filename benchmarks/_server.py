@@ -9,10 +9,12 @@
 
     --loop uvloop       run uvicorn on a uvloop event loop (`toolgym serve` uses asyncio's)
     --reuse-port        bind with SO_REUSEPORT, so several processes can share one port
+    --stats FILE        time the encoder, FAISS and snippet selection (_search_profile.py,
+                        a few microseconds per call) and append the counters to FILE on SIGUSR1
 
-With neither of the last two it calls toolservers.serve.serve(), as `toolgym serve` does.
-Reads TOOL_BEARER like `toolgym serve`. Not meant to be run by hand: the bench_*.py scripts
-drive it.
+With neither --loop uvloop nor --reuse-port it calls toolservers.serve.serve(), as `toolgym
+serve` does. Reads TOOL_BEARER like `toolgym serve`. Not meant to be run by hand: the
+bench_*.py scripts drive it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+from _search_profile import install as install_profile
 
 from toolservers.auth import TokenSet
 from toolservers.embedding import Embedder, QueryEncoder
@@ -121,7 +124,11 @@ def main() -> None:
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     parser.add_argument("--reuse-port", action="store_true", help="bind with SO_REUSEPORT")
     parser.add_argument("--ready-file", type=Path, help="written once this process listens")
-    parser.add_argument("--stats", type=Path, help="on SIGUSR1, append encoder counters here")
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        help="time encode/FAISS/snippets and, on SIGUSR1, append counters here (_search_profile)",
+    )
     args = parser.parse_args()
     transport = Transport(args.transport)
     tokens, host = resolve_tokens(False, "127.0.0.1")
@@ -133,9 +140,11 @@ def main() -> None:
         toolbox.searcher.encoder = encoder
     if args.stats is not None:
         stats_file: Path = args.stats
+        profile = install_profile(toolbox)
 
         def dump(signum: int, frame: FrameType | None) -> None:
             counters = {k: getattr(encoder, k, 0) for k in ("batches", "encoded", "cache_hits")}
+            counters.update(profile.counters())
             with stats_file.open("a") as fh:
                 fh.write(json.dumps(counters) + "\n")
 

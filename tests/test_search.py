@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
-from toolservers.chunking import Chunk
+from toolservers.chunking import Chunk, ChunkingConfig, chunk_document
 from toolservers.corpus import Corpus
 from toolservers.embedding import Embedder, QueryEncoder
 from toolservers.errors import IndexUnusableError, StaleIndexError
@@ -182,3 +183,46 @@ def test_snippet_starts_at_the_line_the_query_asks_about() -> None:
     assert snippet(chunk, "Acme Form").startswith("Revenue is recognised")
     # between lines sharing as many words, the one with fewer other words (the table row) wins
     assert snippet(chunk, "Acme revenue").startswith("...Revenue | 1,045.5")
+
+
+def _reference_snippet(chunk: Chunk, query: str, width: int = 240) -> str:
+    """Snippet selection as first written (every line split into words on every call):
+    the cached version must pick the same excerpt."""
+    words_re = re.compile(r"\w+")
+    title = {w.lower() for w in words_re.findall(chunk.title)}
+    words = {w.lower() for w in words_re.findall(query) if len(w) > 2} - title
+    best, best_key, position = 0, (0, 0.0), 0
+    for line in chunk.text.splitlines(keepends=True):
+        line_words = {w.lower() for w in words_re.findall(line) if not w.isdigit()}
+        shared = len(words & line_words)
+        key = (shared, shared / max(len(line_words), 1))
+        if shared and key > best_key:
+            best, best_key = position, key
+        position += len(line)
+    start = len(" ".join(chunk.text[:best].split()))
+    flat = " ".join(chunk.text.split())
+    start = start + 1 if start else 0
+    excerpt = flat[start : start + width]
+    return ("..." if start > 0 else "") + excerpt + ("..." if start + width < len(flat) else "")
+
+
+def test_cached_snippet_selection_picks_what_the_line_scan_did(corpus_dir: Path) -> None:
+    rng = random.Random(7)
+    corpus = Corpus(corpus_dir)
+    config = ChunkingConfig()
+    chunks = [c for p in corpus.paths for c in chunk_document(p, corpus.text(p), config)]
+    vocabulary = sorted({w for c in chunks[:200] for w in re.findall(r"\w+", c.text)})
+    # Awkward texts too: blank and whitespace-only lines, \r\n, tabs, repeated lines.
+    odd = [
+        "\n\n  \nRevenue | 10\r\nRevenue | 10\n\tNet income\t| 3\n",
+        "   leading spaces\n\n\nOperating income |  1.0  \n \n",
+        "one line, no newline",
+        "",
+    ]
+    chunks += [Chunk(path="x.html", offset=0, text=t, title="Acme 10-K") for t in odd]
+    for chunk in rng.sample(chunks, 300) + chunks[-len(odd) :]:
+        own = re.findall(r"\w+", chunk.text) or ["revenue"]
+        for _ in range(4):
+            words = rng.sample(own, min(3, len(own))) + rng.sample(vocabulary, 2)
+            query = " ".join(w.upper() if rng.random() < 0.2 else w for w in words)
+            assert snippet(chunk, query) == _reference_snippet(chunk, query), (chunk, query)
