@@ -98,13 +98,17 @@ test: install lint typecheck deploy-check docker-engine mcp-servers unit
 
 # Re-resolve both locks from pyproject.toml, keeping existing pins where they still fit. The
 # dev lock is constrained by the runtime lock, so the two never disagree on a version.
-lock: install
+# Only pip-compile is needed, not an install matching pyproject.toml: after adding a dependency
+# the install's `pip check` fails until the lock has it, so an existing .venv is used as it is.
+lock:
+	@test -x $(BIN)/pip-compile || $(MAKE) install
 	$(COMPILE) -o $(LOCK) pyproject.toml
 	$(COMPILE) --extra test --extra lock -c $(LOCK) -o $(DEV_LOCK) pyproject.toml
 
 # The deliberate upgrade: newest versions that resolve, a fresh .venv from the new locks (so
 # nothing left over from the old ones hides a problem), then every check.
-upgrade: install
+upgrade:
+	@test -x $(BIN)/pip-compile || $(MAKE) install
 	$(COMPILE) --upgrade -o $(LOCK) pyproject.toml
 	$(COMPILE) --upgrade --extra test --extra lock -c $(LOCK) -o $(DEV_LOCK) pyproject.toml
 	git diff --stat -- $(LOCK) $(DEV_LOCK)

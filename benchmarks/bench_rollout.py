@@ -13,8 +13,8 @@ delay), i.e. C / (turns x delay) episodes per second. The target is at least 90%
 256 concurrent episodes against one fake. Also reported: the engine's own CPU time per model
 call (this process: engine, environments, tool client and policy client together), the CPU
 of the fakes and of the tool servers, how busy the whole machine was, and how much of it
-other tenants used. `--client httpx` plays the same levels with the policy's requests on
-httpx instead of rollout.http1, for comparison.
+other tenants used. `--client httpx` plays the same levels with the policy's and the tool
+clients' requests on httpx instead of aiohttp, for comparison.
 """
 
 from __future__ import annotations
@@ -122,11 +122,13 @@ def fleet(args: argparse.Namespace, fakes: int, tools: int) -> Iterator[Fleet]:
 async def one_level(
     rows: list, concurrency: int, rounds: int, servers: Fleet, client: str
 ) -> dict[str, float]:
+    from envs.client import HttpToolClient
     from rollout.engine import RolloutSettings, run_rollouts
     from rollout.environments import EnvPool
     from rollout.fake_vllm import DEFAULT_MODEL
     from rollout.openai_policy import OpenAIPolicy
 
+    HttpToolClient.default_http_client = "httpx" if client == "httpx" else "aiohttp"
     group_size = 8
     episodes = concurrency * rounds
     chosen = rows[: episodes // group_size]
@@ -140,7 +142,7 @@ async def one_level(
         DEFAULT_MODEL,
         timeout_s=120,
         max_connections=concurrency,
-        http_client="httpx" if client == "httpx" else "auto",
+        http_client="httpx" if client == "httpx" else "aiohttp",
     )
     settings = RolloutSettings(
         group_size=group_size, concurrency=concurrency, progress=False, max_failures=0
@@ -246,7 +248,12 @@ def main() -> int:
         action="store_true",
         help=f"also {SCALE_CONCURRENCY} episodes, {SCALE_FAKES} fakes, {SCALE_TOOLS} tool servers",
     )
-    parser.add_argument("--client", choices=["http1", "httpx"], default="http1")
+    parser.add_argument(
+        "--client",
+        choices=["aiohttp", "httpx"],
+        default="aiohttp",
+        help="the HTTP client of the policy and of the tool clients",
+    )
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--profile", action="store_true", help="cProfile the engine's process")
     parser.add_argument("--profile-out", help="save the cProfile stats to PATH.<concurrency>")
@@ -270,8 +277,8 @@ def main() -> int:
             level = measure(args, rows, servers, SCALE_CONCURRENCY)
             results.append((servers.label, SCALE_CONCURRENCY, level))
     print(
-        f"rollout engine ({args.client} policy client), fake policy servers with {args.delay:g}s "
-        "per call, real tool servers"
+        f"rollout engine ({args.client} policy and tool clients), fake policy servers with "
+        f"{args.delay:g}s per call, real tool servers"
     )
     share_at_target = report(args.delay, results)
     if share_at_target is not None:

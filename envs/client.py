@@ -20,16 +20,23 @@ cannot reach a third party's server by default.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import httpx
 
+from envs.aiohttp_client import (
+    LoopSession,
+    ProxyNotSupportedError,
+    RawResponse,
+    TransportError,
+    encode_json,
+    env_proxy,
+    shared_ssl_context,
+)
 from envs.errors import EnvConfigError, ToolAuthError, ToolServerUnavailableError
 from envs.replicas import ReplicaSet, parse_urls, shared_replicas
 from envs.stdio import StdioCommand
@@ -42,11 +49,11 @@ class RetryPolicy:
     timeout_s: float = 30.0  # per request
 
 
-@functools.cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context for every client: building one loads the CA bundle (tens of ms), which
-    the rollout engine would otherwise pay for each of its hundreds of environments."""
-    return ssl.create_default_context()
+# Below `toolgym serve`'s 75 s (toolservers.serve), so the client drops an idle connection
+# before the server does, and above a slow model turn, so calls between turns reuse it.
+TOOL_KEEPALIVE_S = 60.0
+# httpx's default: one client may serve many callers at once (opened only as needed).
+_TOOL_CONNECTIONS = 100
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,25 @@ def bearer_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _proxies(urls: Sequence[str]) -> dict[str, str | None]:
+    """Each replica's proxy from the environment, as httpx would pick it; looked up once."""
+    try:
+        return {url: env_proxy(url) for url in urls}
+    except ProxyNotSupportedError as exc:
+        raise EnvConfigError(str(exc)) from None
+
+
 class HttpToolClient:
-    """The tool HTTP contract over httpx; pass `transport=httpx.ASGITransport(app)` in-process.
+    """The tool HTTP contract over aiohttp, or over httpx with an injected `transport`
+    (`httpx.ASGITransport(app)` in-process).
 
     `base_url` may name several replicas of one stateless server (a list, or comma-separated):
     each request goes to the least busy (`envs.replicas`), and a failed try is retried on
     another replica, within the RetryPolicy's attempts. `replicas` shares the balancing state;
     by default every client of the same URLs in this process shares one."""
+
+    # "httpx": real URLs over httpx too (benchmarks/bench_rollout.py --client httpx compares).
+    default_http_client: ClassVar[Literal["aiohttp", "httpx"]] = "aiohttp"
 
     def __init__(
         self,
@@ -105,18 +124,44 @@ class HttpToolClient:
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.replicas = replicas or shared_replicas("http", parse_urls(base_url))
-        self._http = httpx.AsyncClient(
-            headers=bearer_headers(token),
-            transport=transport,
-            timeout=self.retry.timeout_s,
-            verify=shared_ssl_context(),
-        )
+        self._http: LoopSession | httpx.AsyncClient
+        self._proxies: dict[str, str | None] = {}
+        if transport is None and self.default_http_client == "aiohttp":
+            self._proxies = _proxies(self.replicas.urls)
+            self._http = LoopSession(
+                bearer_headers(token),
+                limit=_TOOL_CONNECTIONS,
+                keepalive_s=TOOL_KEEPALIVE_S,
+                timeout_s=self.retry.timeout_s,
+            )
+        else:
+            self._http = httpx.AsyncClient(
+                headers=bearer_headers(token),
+                transport=transport,
+                timeout=self.retry.timeout_s,
+                verify=shared_ssl_context(),
+            )
         self._specs: list[dict[str, Any]] | None = None
 
     async def begin_episode(self) -> None:
         """Nothing to renew: each request stands alone, and the connection pool reconnects."""
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, path: str, body: dict[str, Any] | None
+    ) -> RawResponse | httpx.Response:
+        """One try; a TransportError (httpx's, or aiohttp's as ours) when no reply came."""
+        if isinstance(self._http, httpx.AsyncClient):
+            return await self._http.request(method, url + path, json=body)
+        data = encode_json(body) if body is not None else None
+        try:
+            return await self._http.request(method, url + path, data, self._proxies[url])
+        except TimeoutError:
+            timeout = self.retry.timeout_s
+            raise TransportError(f"ReadTimeout: no reply within {timeout:g} s") from None
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> RawResponse | httpx.Response:
         delay = self.retry.backoff_s
         tried: list[str] = []
         problem = ""
@@ -127,9 +172,13 @@ class HttpToolClient:
                     delay *= 2
                 tried.append(url)
                 try:
-                    response = await self._http.request(method, url + path, json=body)
+                    response = await self._send(method, url, path, body)
                 except httpx.TransportError as exc:
                     problem = f"{url}: {type(exc).__name__}: {exc}".rstrip(": ")
+                    self.replicas.failed(url)
+                    continue
+                except TransportError as exc:
+                    problem = f"{url}: {exc}"
                     self.replicas.failed(url)
                     continue
             if response.status_code == 401:  # a wrong token: every replica would say the same

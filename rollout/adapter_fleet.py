@@ -6,8 +6,9 @@ they are all done. A load the server may still complete later (its view of a sha
 lags, it is briefly unreachable, it answers 5xx) is retried with growing waits inside a bounded
 budget; a server that still cannot load the version is dropped from the rotation with one line
 on stderr saying why, and the run stops (AdapterError) when no server is left. The previous
-version is then unloaded everywhere it was loaded; an unload that fails only warns, since a
-stale adapter costs memory on the server, not correctness.
+version is unloaded everywhere only once the policy no longer has requests naming it in flight
+(`OpenAIPolicy.publish_adapter` sequences load, switch, drain, unload); an unload that fails
+only warns, since a stale adapter costs memory on the server, not correctness.
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ class AdapterFleet:
     def active(self) -> list[str]:
         return [url for url in self._clients if url not in self.dropped]
 
-    async def publish(self, path: Path, version: str) -> list[str]:
+    async def load(self, path: Path, version: str) -> list[str]:
         """Load `version` from `path` on every active server at once; returns the servers that
-        serve it (the others are dropped). AdapterError when none can."""
+        serve it (the others are dropped), and it becomes `published`. AdapterError when none
+        can. The previous version stays loaded: see `unload`."""
         outcomes = await asyncio.gather(*(self._load(url, path, version) for url in self.active))
         for outcome in outcomes:
             if outcome.problem is not None:
@@ -99,10 +101,12 @@ class AdapterFleet:
                 f"adapter {version!r} could not be loaded on any policy server, so rollouts "
                 f"cannot continue ({reasons})"
             )
-        previous, self.published = self.published, version
-        if previous and previous != version:
-            await asyncio.gather(*(self._unload(url, previous) for url in self.active))
+        self.published = version
         return self.active
+
+    async def unload(self, version: str) -> None:
+        """Unload `version` from every active server; a failure only warns."""
+        await asyncio.gather(*(self._unload(url, version) for url in self.active))
 
     async def _load(self, url: str, path: Path, version: str) -> LoadOutcome:
         client = self._clients[url]

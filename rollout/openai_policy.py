@@ -8,9 +8,10 @@ Several servers share the load by least outstanding requests: each request goes 
 with the fewest in flight (ties round-robin), and a server that just failed sits out a short,
 growing cool-down, so a dead replica is soon avoided instead of costing every request a retry.
 A new adapter version is loaded on every server at once before any request names it; a server
-that cannot load it leaves the rotation (rollout.adapter_fleet). Requests go through
-`rollout.http1` (httpx cost most of the engine's CPU per model call), or through httpx when a
-proxy applies to a server's URL or a transport is injected.
+that cannot load it leaves the rotation (rollout.adapter_fleet); the version before it is
+unloaded only once no request naming it is still in flight. Requests go through aiohttp
+(`envs.aiohttp_client`: httpx cost most of the engine's CPU per model call), or through httpx
+when a transport is injected.
 """
 
 from __future__ import annotations
@@ -20,16 +21,21 @@ import json
 import math
 import os
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import httpx
 
-from envs.client import shared_ssl_context
+from envs.aiohttp_client import (
+    LoopSession,
+    ProxyNotSupportedError,
+    TransportError,
+    encode_json,
+    env_proxy,
+    shared_ssl_context,
+)
 from rollout.errors import (
     PolicyError,
     PolicyRequestError,
@@ -38,7 +44,6 @@ from rollout.errors import (
     RolloutConfigError,
     TokenIdsMissingError,
 )
-from rollout.http1 import Http1Client, HttpError, JsonResponse
 from rollout.policy import DEFAULT_REQUEST_TIMEOUT_S, Turn, TurnRequest
 
 if TYPE_CHECKING:
@@ -46,6 +51,9 @@ if TYPE_CHECKING:
 
 API_KEY_ENV = "VLLM_API_KEY"
 _MAX_COOLDOWN_S = 60.0
+# Below vLLM's 5 s (uvicorn's default, VLLM_HTTP_TIMEOUT_KEEP_ALIVE): the client lets go of an
+# idle connection before the server closes it, so no request goes out on a closing one.
+POLICY_KEEPALIVE_S = 4.0
 _CONNECTIONS_PER_POOL = 8
 _JSON = {"Content-Type": "application/json"}
 _NUMBER = (int, float)  # a tuple: `int | float` would build a new union for every token
@@ -61,20 +69,16 @@ def normalise_base_url(url: str) -> str:
     return url
 
 
-def encode_json(payload: dict[str, Any]) -> bytes:
-    """The request body, byte for byte what httpx's `json=` sends."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8")
+class JsonResponse(Protocol):
+    """What the policy reads of a reply: an httpx.Response, or envs.aiohttp_client's."""
 
+    @property
+    def status_code(self) -> int: ...
 
-def _proxied(url: str) -> bool:
-    """Whether httpx would send requests for `url` through a proxy from the environment
-    (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, minus NO_PROXY): Http1Client does not do proxies."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
 
 
 @dataclass
@@ -84,8 +88,8 @@ class _Pool:
 
 
 class _HttpxPools:
-    """httpx, where Http1Client does not fit. Its pool scans all its connections for every
-    request (quadratic under load), so many small pools, each request on the least busy."""
+    """httpx, for an injected transport (or a comparison). Its pool scans all its connections
+    for every request (quadratic under load), so many small pools, each on the least busy."""
 
     def __init__(
         self,
@@ -126,6 +130,7 @@ class _HttpxPools:
 @dataclass
 class _Backend:
     url: str
+    proxy: str | None = None  # from the environment, as httpx would pick it
     in_flight: int = 0
     failures: int = 0  # consecutive
     cooldown_until: float = 0.0  # monotonic time
@@ -173,16 +178,16 @@ class OpenAIPolicy:
         transport: httpx.AsyncBaseTransport | None = None,
         adapter_dir_on_server: Path | None = None,
         publish_retry: PublishRetry | None = None,
-        http_client: Literal["auto", "httpx"] = "auto",
+        http_client: Literal["aiohttp", "httpx"] = "aiohttp",
     ) -> None:
-        """`http_client="httpx"` keeps httpx even where rollout.http1 would do (a comparison:
+        """`http_client="httpx"` keeps httpx even without an injected transport (a comparison:
         benchmarks/bench_rollout.py --client httpx)."""
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise RolloutConfigError("OpenAIPolicy needs at least one base URL")
         if attempts < 1 or timeout_s <= 0:
             raise RolloutConfigError("attempts must be >= 1 and timeout_s > 0")
-        self._backends = [_Backend(normalise_base_url(url)) for url in urls]
+        self._backends = [_backend(url) for url in urls]
         self._model = model
         self.timeout_s = timeout_s
         self.attempts = attempts
@@ -193,15 +198,15 @@ class OpenAIPolicy:
         self.adapter_dir_on_server = adapter_dir_on_server  # where servers read published adapters
         self.publish_retry = publish_retry  # None: rollout.adapter_fleet's defaults
         self._fleet: AdapterFleet | None = None  # made by the first publish_adapter
+        self._by_model: dict[str, int] = {}  # requests in flight per model name
+        self._drained: dict[str, asyncio.Event] = {}  # set when a name has none in flight
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http: Http1Client | _HttpxPools
-        proxied = any(_proxied(backend.url) for backend in self._backends)
-        if http_client == "auto" and transport is None and not proxied:
-            self._http = Http1Client(
-                headers, max_connections=max_connections, ssl_context=shared_ssl_context()
-            )
-        else:  # an injected transport (tests), or a proxy httpx would honour and Http1Client not
+        self._http: LoopSession | _HttpxPools
+        if http_client == "aiohttp" and transport is None:
+            # No timer of aiohttp's own: `_attempt` bounds each try with asyncio.timeout.
+            self._http = LoopSession(headers, limit=max_connections, keepalive_s=POLICY_KEEPALIVE_S)
+        else:  # an injected transport (tests), or the comparison
             self._http = _HttpxPools(headers, timeout_s, max_connections, transport)
 
     @property
@@ -257,17 +262,25 @@ class OpenAIPolicy:
             payload["seed"] = request.seed
         return payload
 
+    async def _post(self, backend: _Backend, body: bytes) -> JsonResponse:
+        url = f"{backend.url}/v1/chat/completions"
+        if isinstance(self._http, LoopSession):
+            return await self._http.request("POST", url, body, backend.proxy)
+        return await self._http.post_json(url, body)
+
     async def _attempt(self, backend: _Backend, body: bytes) -> JsonResponse | _Problem:
         """One try: the response (2xx or a refusal), or the transient problem."""
         url = backend.url
         backend.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self._http.post_json(f"{url}/v1/chat/completions", body)
+                response = await self._post(backend, body)
         except (TimeoutError, httpx.TimeoutException):
             return _Problem(url, f"no reply within {self.timeout_s:g} s", timeout=True)
-        except (httpx.TransportError, HttpError) as exc:
+        except httpx.TransportError as exc:
             return _Problem(url, f"{type(exc).__name__}: {exc}".rstrip(": "))
+        except TransportError as exc:
+            return _Problem(url, str(exc))
         finally:
             backend.in_flight -= 1
         if response.status_code == 429 or response.status_code >= 500:
@@ -276,6 +289,45 @@ class OpenAIPolicy:
 
     async def complete(self, request: TurnRequest) -> Turn:
         payload = self._payload(request)
+        model = payload["model"]
+        self._by_model[model] = self._by_model.get(model, 0) + 1
+        try:
+            return await self._complete(payload)
+        finally:
+            self._done_with(model)
+
+    def _done_with(self, model: str) -> None:
+        left = self._by_model[model] - 1
+        if left:
+            self._by_model[model] = left
+            return
+        del self._by_model[model]
+        drained = self._drained.pop(model, None)
+        if drained is not None:
+            drained.set()
+
+    def requests_naming(self, model: str) -> int:
+        """How many requests naming `model` are in flight (retries and back-off included)."""
+        return self._by_model.get(model, 0)
+
+    def _longest_request_s(self) -> float:
+        """The most one `complete` can take: every attempt timing out, with its back-offs."""
+        backoffs = self.backoff_s * (2 ** (self.attempts - 1) - 1)
+        return self.attempts * self.timeout_s + backoffs
+
+    async def _drain(self, model: str) -> None:
+        """Wait until no request naming `model` is in flight, at most as long as one request
+        may take (after that, whatever still names it has failed or is about to)."""
+        if not self.requests_naming(model):
+            return
+        drained = self._drained.setdefault(model, asyncio.Event())
+        try:
+            async with asyncio.timeout(self._longest_request_s()):
+                await drained.wait()
+        except TimeoutError:
+            pass  # the caller unloads anyway: a stale adapter must not pin the server forever
+
+    async def _complete(self, payload: dict[str, Any]) -> Turn:
         body = encode_json(payload)  # once, however many attempts
         started = time.perf_counter()
         tried: set[str] = set()
@@ -310,11 +362,18 @@ class OpenAIPolicy:
         """Load the adapter as `version` on every server this policy plays on, all at once
         (requests are balanced across them, so each must serve it before any asks for it);
         only then route later requests to `version`. A server that cannot load it leaves the
-        rotation (rollout.adapter_fleet); AdapterError when none is left."""
+        rotation (rollout.adapter_fleet); AdapterError when none is left. The version before
+        is unloaded last, once the requests still naming it are done: unloading it under them
+        would answer them 404."""
         server_path = self.adapter_dir_on_server / path.name if self.adapter_dir_on_server else path
-        serving = set(await self._adapter_fleet().publish(server_path, version))
+        fleet = self._adapter_fleet()
+        previous = fleet.published
+        serving = set(await fleet.load(server_path, version))
         self._backends = [backend for backend in self._backends if backend.url in serving]
         self._model = version
+        if previous and previous != version:
+            await self._drain(previous)
+            await fleet.unload(previous)
 
     def _adapter_fleet(self) -> AdapterFleet:
         if self._fleet is None:
@@ -330,6 +389,14 @@ class OpenAIPolicy:
         await self._http.aclose()
         if self._fleet is not None:
             await self._fleet.aclose()
+
+
+def _backend(url: str) -> _Backend:
+    base = normalise_base_url(url)
+    try:
+        return _Backend(base, env_proxy(base))
+    except ProxyNotSupportedError as exc:
+        raise RolloutConfigError(str(exc)) from None
 
 
 def _tool_call(raw: Any) -> dict[str, Any]:

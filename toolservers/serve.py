@@ -16,6 +16,10 @@ from toolservers.mcp_app import create_mcp_app, create_mcp_server
 from toolservers.tools import Toolbox
 
 LOOPBACK = "127.0.0.1"
+# How long an idle keep-alive connection stays open (uvicorn's default is 5 s). A tool client
+# calls once per model turn, and turns of a real model often take longer than 5 s, so with the
+# default every call would reconnect; clients let go of theirs first (envs.client: 60 s).
+KEEP_ALIVE_S = 75
 # docker/.env.example ships this placeholder; a server must never accept it.
 PLACEHOLDER_PREFIX = "replace-me"
 
@@ -80,6 +84,7 @@ def uvicorn_server(app: ASGIApp, listener: Listener, access_log: bool = False) -
         access_log=access_log,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     return uvicorn.Server(config)
 

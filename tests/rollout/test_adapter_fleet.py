@@ -8,17 +8,21 @@ appears late, a server started without runtime adapter routes, a server that is 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from _servers import FakeServer, fake_vllm, start_fake
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rollout.adapter_fleet import PublishRetry
 from rollout.errors import AdapterError, AdapterTransientError, RolloutConfigError
-from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings
+from rollout.fake_vllm import DEFAULT_MODEL, FakeSettings, create_app
 from rollout.openai_policy import OpenAIPolicy
 from rollout.policy import SamplingParams, TurnRequest
 from rollout.vllm import AdapterClient
+from testkit import start_server
 
 QUESTION = TurnRequest(
     [{"role": "user", "content": "What was the revenue?"}], [], SamplingParams(temperature=0.0)
@@ -78,7 +82,10 @@ def test_a_lagging_filesystem_is_retried_and_requests_wait_for_every_server(
                 await asyncio.sleep(0.05)
             await publishing
             await appearing
-            assert during and set(during) == {"v0001"}, during
+            # v0001 until both servers serve v0002; then v0002 (the publish itself still waits
+            # for v0001's last request before unloading it)
+            switched = during.index("v0002") if "v0002" in during else len(during)
+            assert during[:switched] and set(during[switched:]) <= {"v0002"}, during
             assert policy.model == "v0002"
             after = [(await policy.complete(QUESTION)).model for _ in range(4)]
             assert after == ["v0002"] * 4
@@ -218,3 +225,79 @@ def test_a_name_the_server_kept_from_before_is_reloaded_with_the_new_weights(
 
     with fake_vllm(LORA) as server:
         asyncio.run(run(server))
+
+
+class SlowCompletions:
+    """The fake vLLM with each chat completion held `delay_s` before the server reads its
+    model name, and a log of completions answered and adapters unloaded, in order."""
+
+    def __init__(self, app: ASGIApp, delay_s: float) -> None:
+        self.app = app
+        self.delay_s = delay_s
+        self.arrived = threading.Event()
+        self.log: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path == "/v1/chat/completions":
+            self.arrived.set()
+            await asyncio.sleep(self.delay_s)
+
+            async def logged(message: Message) -> None:
+                if message["type"] == "http.response.start":  # before the client can see it
+                    self.log.append("completion")
+                await send(message)
+
+            await self.app(scope, receive, logged)
+        elif path == "/v1/unload_lora_adapter":
+            self.log.append("unload")
+            await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def test_the_previous_version_is_unloaded_only_after_its_requests_finish(tmp_path: Path) -> None:
+    """A request naming v0001 is in flight (held 0.5 s before the server reads its model) while
+    v0002 is published. Old code: the publish unloaded v0001 at once, and the held request
+    got a 404 "The model `v0001` does not exist" (a PolicyRequestError)."""
+    app = create_app(LORA)
+    slow = SlowCompletions(app, delay_s=0.5)
+    server = FakeServer(start_server(slow), app.state.fake)
+
+    async def run() -> None:
+        policy = policy_on(server)
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            request = asyncio.create_task(policy.complete(QUESTION))
+            await asyncio.to_thread(slow.arrived.wait, 5)  # on the server, not yet answered
+            assert policy.requests_naming("v0001") == 1
+            await policy.publish_adapter(peft_dir(tmp_path, "v0002"), "v0002")
+            assert request.done() and (await request).model == "v0001"
+            assert policy.requests_naming("v0001") == 0
+            assert (await policy.complete(QUESTION)).model == "v0002"
+            assert await models_on(server.url) == [DEFAULT_MODEL, "v0002"]
+        finally:
+            await policy.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+    assert slow.log == ["completion", "unload", "completion"]
+
+
+def test_a_publish_with_nothing_in_flight_unloads_at_once(tmp_path: Path) -> None:
+    async def run(server: FakeServer) -> float:
+        policy = policy_on(server)
+        try:
+            await policy.publish_adapter(peft_dir(tmp_path, "v0001"), "v0001")
+            await policy.complete(QUESTION)
+            started = time.perf_counter()
+            await policy.publish_adapter(peft_dir(tmp_path, "v0002"), "v0002")
+            return time.perf_counter() - started
+        finally:
+            await policy.aclose()
+
+    with fake_vllm(LORA) as server:
+        assert asyncio.run(run(server)) < 2.0
+        assert list(server.fake.adapters) == ["v0002"]

@@ -16,6 +16,7 @@ from rollout.errors import (
     PolicyRequestError,
     PolicyTimeoutError,
     PolicyUnavailableError,
+    RolloutConfigError,
     TokenIdsMissingError,
 )
 from rollout.fake_vllm import (
@@ -196,16 +197,99 @@ def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert complete(fast(live.url), TurnRequest(QUESTION, [])).completion_ids
 
 
-def test_httpx_carries_requests_a_proxy_would_carry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """rollout.http1 does not do proxies: where httpx would use one, httpx is kept."""
-    from rollout.http1 import Http1Client
-
+def test_proxies_come_from_the_environment_as_httpx_takes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resolved once per server (aiohttp's own trust_env ignores ALL_PROXY and looks the
+    environment up in a thread for every request); a SOCKS proxy is refused up front."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         for variant in (name, name.lower()):
             monkeypatch.delenv(variant, raising=False)
-    assert isinstance(fast("http://vllm:8000")._http, Http1Client)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
-    assert not isinstance(fast("http://vllm:8000")._http, Http1Client)
     monkeypatch.setenv("NO_PROXY", "vllm")
-    assert isinstance(fast("http://vllm:8000")._http, Http1Client)
-    assert not isinstance(fast(["http://vllm:8000", "http://other:8000"])._http, Http1Client)
+    policy = fast(["http://vllm:8000", "http://other:8000"])
+    assert [backend.proxy for backend in policy._backends] == [None, "http://proxy:3128"]
+    monkeypatch.setenv("ALL_PROXY", "socks5://proxy:1080")
+    with pytest.raises(RolloutConfigError, match="only http:// and https:// proxies"):
+        fast("https://other:8000")
+
+
+def completion_body() -> bytes:
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "hi"},
+        "finish_reason": "stop",
+        "logprobs": {"content": [{"token": "hi", "logprob": -0.5}]},
+        "token_ids": [7],
+    }
+    return json.dumps({"model": "m", "choices": [choice], "prompt_token_ids": [1, 2]}).encode()
+
+
+async def answer(writer: asyncio.StreamWriter) -> None:
+    body = completion_body()
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+
+
+async def read_request(reader: asyncio.StreamReader) -> None:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
+    await reader.readexactly(length)
+
+
+def test_a_reused_connection_the_server_closed_is_retried() -> None:
+    """The server closes a kept-alive connection just as the next request goes out on it
+    (a keep-alive expiry race): nothing was answered, so the request is tried again."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            await read_request(reader)
+            await answer(writer)
+            if connections == 1:
+                await read_request(reader)  # the second request: closed without an answer
+                return
+            await reader.read()
+        finally:
+            writer.close()
+
+    async def run() -> list[str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        policy = fast(f"http://127.0.0.1:{port}")
+        try:
+            return [(await policy.complete(TurnRequest(QUESTION, []))).model for _ in range(2)]
+        finally:
+            await policy.aclose()
+            server.close()
+
+    assert asyncio.run(run()) == ["m", "m"]
+    assert connections == 2
+
+
+def test_in_flight_requests_are_counted_per_model_name(server: FakeServer) -> None:
+    server.faults.delay_s = 0.3
+    server.fake.adapters["policy-v2"] = "/adapters/v2"
+    policy = fast(server.url)
+
+    async def run() -> None:
+        try:
+            calls = [
+                asyncio.create_task(policy.complete(TurnRequest(QUESTION, [], model=name)))
+                for name in (DEFAULT_MODEL, DEFAULT_MODEL, "policy-v2")
+            ]
+            await asyncio.sleep(0.1)
+            assert policy.requests_naming(DEFAULT_MODEL) == 2
+            assert policy.requests_naming("policy-v2") == 1
+            await asyncio.gather(*calls)
+            assert policy.requests_naming(DEFAULT_MODEL) == policy.requests_naming("policy-v2") == 0
+            with pytest.raises(PolicyRequestError):
+                await policy.complete(TurnRequest(QUESTION, [], model="policy-v9"))
+            assert policy.requests_naming("policy-v9") == 0  # a refusal is counted out too
+        finally:
+            await policy.aclose()
+
+    asyncio.run(run())
