@@ -24,13 +24,40 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int) -> object:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A WordPiece tokenizer for `texts`, the same one in every process.
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    The trainer (tokenizers 0.23) numbers the word-continuing pieces (`##a`) in the order it
+    meets them in a hash map that is seeded per process, and breaks ties between equally
+    frequent merges by those numbers: the same corpus gave a different vocabulary on each run,
+    so a different embedding model and a different demo. Naming every such piece up front, in
+    sorted order, fixes their numbers; the tokenizer is then rebuilt from the vocabulary alone
+    so they are ordinary pieces, not special tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    texts = list(texts)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuing = sorted(
+        {
+            char
+            for text in texts
+            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            for char in word[1:]
+        }
+    )
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + [f"##{c}" for c in continuing]
+    )
+    scratch = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    scratch.normalizer = normalizer
+    scratch.pre_tokenizer = pre_tokenizer
+    scratch.train_from_iterator(texts, trainer=trainer)
+    tokenizer = Tokenizer(models.WordPiece(scratch.get_vocab(), unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = scratch.decoder
+    tokenizer.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS])
     return tokenizer
 
 
