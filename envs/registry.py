@@ -94,9 +94,9 @@ class YamlEnvSpec(BaseModel):
     The tool server is either a URL (`transport: http` or `mcp`, with `headers` for mcp) or a
     stdio MCP server started from `command` (with `env`, `cwd`). `tools_url` may list several
     replicas of one stateless server (a YAML list, or comma-separated), balanced by the client
-    (`envs.replicas`); they all get the same token. Which keys go with which
-    transport is checked by `envs.client.ServerSettings`, so YAML and kwargs get the same
-    one-line errors."""
+    (`envs.replicas`); they all get the same token. Which keys go with which transport is
+    checked by `envs.server_settings.ServerSettings`, so YAML and kwargs get the same one-line
+    errors."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[\w.-]+/[\w.-]+-v\d+$")
@@ -220,9 +220,9 @@ def _server_kwargs(path: Path, spec: YamlEnvSpec) -> dict[str, Any]:
 def _check_settings(path: Path, spec: YamlEnvSpec) -> None:
     """The tool server, grader and limits are only used when an episode is made; check them at
     load, so a typo is reported with its file now, not as a failure in the middle of a run."""
-    from envs.client import ServerSettings
     from envs.episode import parse_limits
     from envs.grading import check_grader
+    from envs.server_settings import ServerSettings
 
     try:
         if spec.transport == "stdio" and spec.token_env:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from envs.client import ServerSettings, ToolClient, first_token, open_tool_client
+from envs.client import ToolClient, first_token, open_tool_client
 from envs.episode import (
     DEFAULT_SYSTEM_PROMPT,
     Episode,
@@ -30,6 +30,7 @@ from envs.episode import (
 )
 from envs.errors import EnvConfigError
 from envs.record import EpisodeRecord
+from envs.server_settings import ServerSettings
 from envs.spaces import AssistantActions, ChatMessages
 
 if TYPE_CHECKING:
@@ -193,8 +194,8 @@ def make_tool_env(
     The tool server is a URL (`transport` http or mcp, with `headers` for mcp), several
     replicas of one (a list of URLs, or one comma-separated string: see `envs.replicas`), or a
     stdio MCP server started from `command` (with `env` and `cwd`); `isolation` and `tools` are
-    described in `envs.client.ServerSettings`. They are checked here, so a setting that cannot
-    work fails now rather than in the first episode.
+    described in `envs.server_settings.ServerSettings`. They are checked here, so a setting
+    that cannot work fails now rather than in the first episode.
 
     The tool server sees `token` if given, else the first token in the variable `token_env`
     (the built-in ids name TOOL_BEARER; the variable is read now, once), else no

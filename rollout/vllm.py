@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.chat_completion import server_message
 from rollout.errors import AdapterError, AdapterTransientError, LaunchError
-from rollout.openai_policy import API_KEY_ENV, normalise_base_url, server_message
+from rollout.openai_policy import API_KEY_ENV, normalise_base_url
 
 # vLLM 0.33 answers a load whose directory it cannot read with 404 NotFoundError "Loading lora
 # NAME failed: No adapter found for PATH" (a shared filesystem that has not caught up yet).

@@ -18,7 +18,8 @@ from typing import Any
 
 from envs.argtypes import open_fraction, positive_int
 from trainer.errors import TrainerError
-from trainer.plan import GIB, Hardware, Plan, Side, Workload, is_sharded, make_plan
+from trainer.plan import GIB, Hardware, Plan, Side, Workload, is_sharded
+from trainer.plan_changes import make_plan
 from trainer.plan_model import ModelShape, PlanError, shape_from_config
 
 ERRORS: tuple[type[BaseException], ...] = (TrainerError,)

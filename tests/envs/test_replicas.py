@@ -23,10 +23,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import envs
-from envs.client import HttpToolClient, RetryPolicy, ServerSettings
+from envs.client import HttpToolClient, RetryPolicy
 from envs.errors import EnvConfigError, ToolAuthError, ToolServerUnavailableError
 from envs.mcp_client import McpHttpClient
 from envs.replicas import ReplicaSet, parse_urls
+from envs.server_settings import ServerSettings
 from envs.tool_env import make_tool_env
 from testkit import (
     TOKENS,

@@ -19,7 +19,8 @@ import torch.distributed as dist
 import yaml
 
 from trainer.cli import main
-from trainer.plan import GIB, Hardware, Workload, make_plan, trainer_side
+from trainer.plan import GIB, Hardware, Workload, trainer_side
+from trainer.plan_changes import make_plan
 from trainer.plan_cli import parse_size
 from trainer.plan_model import (
     ModelShape,
