@@ -8,8 +8,6 @@ once per query, which matters when the encoder threads keep the caches busy.
 from __future__ import annotations
 
 import asyncio
-import functools
-import re
 from dataclasses import dataclass
 
 import faiss
@@ -18,15 +16,12 @@ import numpy as np
 from toolservers.chunking import Chunk
 from toolservers.embedding import QueryEncoder
 from toolservers.index import LoadedIndex, SearchMode
+from toolservers.snippets import SnippetChunks
 
 # Reciprocal-rank-fusion constant; 60 is the customary value and is insensitive in practice.
 RRF_K = 60
 # Chunks fetched per wanted document: several chunks of one filing often rank together.
 OVERFETCH = 4
-_WORD = re.compile(r"\w+")
-# Chunks whose lines snippet selection keeps split into words (~9 kB each, ~37 MB in all):
-# more than the synthetic corpus has (3,676); a larger corpus keeps its most recently hit ones.
-SNIPPET_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +37,7 @@ class Searcher:
         if self.mode.uses_dense and encoder is None:
             raise ValueError(f"{self.mode} search needs a query encoder")
         self.encoder = encoder
+        self.snippet_chunks = SnippetChunks(index.chunks)
         # Dense searches waiting for the next flush: (query vector, k, future of the ranking),
         # and the event loop that flush is scheduled on.
         self._pending: list[tuple[np.ndarray, int, asyncio.Future[list[tuple[int, float]]]]] = []
@@ -59,7 +55,7 @@ class Searcher:
             ranked = self._lexical(query, fetch)
         else:
             ranked = _fuse([await self._dense(query, fetch), self._lexical(query, fetch)])
-        return self._best_per_document(ranked, top_k)
+        return self._best_per_document(ranked, top_k, query)
 
     async def _dense(self, query: str, k: int) -> list[tuple[int, float]]:
         assert self.encoder is not None
@@ -119,14 +115,18 @@ class Searcher:
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(i), float(scores[i])) for i in top if scores[i] > 0]
 
-    def _best_per_document(self, ranked: list[tuple[int, float]], top_k: int) -> list[Hit]:
+    def _best_per_document(
+        self, ranked: list[tuple[int, float]], top_k: int, query: str
+    ) -> list[Hit]:
+        """The `top_k` best documents, ranked by their best chunk; each shown by the chunk
+        of it whose line best matches the query (toolservers.snippets)."""
         hits: list[Hit] = []
         seen: set[str] = set()
         for chunk_id, score in ranked:
             chunk = self.index.chunks[chunk_id]
             if chunk.path not in seen:
                 seen.add(chunk.path)
-                hits.append(Hit(chunk=chunk, score=score))
+                hits.append(Hit(chunk=self.snippet_chunks.choose(chunk, query), score=score))
                 if len(hits) == top_k:
                     break
         return hits
@@ -139,80 +139,3 @@ def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
         for rank, (chunk_id, _) in enumerate(ranking):
             fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
-
-
-@dataclass(frozen=True, slots=True)
-class _SnippetLines:
-    """What snippet selection needs of a chunk, whatever the query: worked out once per chunk.
-
-    Splitting a chunk into lines and words took ~0.08 ms per hit, ~0.4 ms of event-loop CPU
-    per 5-hit search (a tenth of the encoder's cost per query); with this cached, a search
-    only looks up its few words."""
-
-    title: frozenset[str]  # lowercased words of the document's title
-    lines_with: dict[str, tuple[int, ...]]  # lowercased word -> the lines holding it, in order
-    sizes: tuple[int, ...]  # per line: how many distinct words it has
-    starts: tuple[int, ...]  # per line: where it starts in `flat`
-    flat: str  # the chunk's text with every run of whitespace made one space
-
-
-@functools.lru_cache(maxsize=SNIPPET_CACHE)
-def _snippet_lines(chunk: Chunk) -> _SnippetLines:
-    lines_with: dict[str, list[int]] = {}
-    sizes, starts = [], []
-    position = 0
-    for n, line in enumerate(chunk.text.splitlines(keepends=True)):
-        # Digits do not count: a figure in a table row matches no query word.
-        words = {w.lower() for w in _WORD.findall(line) if not w.isdigit()}
-        for word in words:
-            lines_with.setdefault(word, []).append(n)
-        sizes.append(len(words))
-        # Where the line starts in `flat`: after the words of the lines before it and a space.
-        before = len(" ".join(chunk.text[:position].split()))
-        starts.append(before + 1 if before else 0)
-        position += len(line)
-    return _SnippetLines(
-        title=frozenset(w.lower() for w in _WORD.findall(chunk.title)),
-        lines_with={word: tuple(lines) for word, lines in lines_with.items()},
-        sizes=tuple(sizes),
-        starts=tuple(starts),
-        flat=" ".join(chunk.text.split()),
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _query_words(query: str) -> frozenset[str]:
-    # Cached: a search takes a snippet of each of its hits with the same query.
-    return frozenset(w.lower() for w in _WORD.findall(query) if len(w) > 2)
-
-
-def _best_line_start(prepared: _SnippetLines, query: str) -> int:
-    """Offset in `prepared.flat` of the line that shares the most query words.
-
-    Words of the document's title (company, form, period) are in every line's context, so
-    they do not count. Between lines sharing as many, the one with fewer other words wins: a
-    table row (`Operating income | 118.9 | 68.9`) over a heading or a sentence; between
-    lines equal in both, the first."""
-    words = _query_words(query) - prepared.title
-    shared: dict[int, int] = {}  # line -> query words it holds
-    for word in words:
-        for line in prepared.lines_with.get(word, ()):
-            shared[line] = shared.get(line, 0) + 1
-    best, best_key = 0, (0, 0.0)
-    for line in sorted(shared):
-        count = shared[line]
-        key = (count, count / max(prepared.sizes[line], 1))
-        if key > best_key:
-            best, best_key = prepared.starts[line], key
-    return best
-
-
-def snippet(chunk: Chunk, query: str, width: int = 240) -> str:
-    """A one-line excerpt of the chunk, from the line that best matches the query.
-
-    Starting at the best line puts a table row asked about, e.g. ``Operating income | 118.9 |
-    68.9``, at the start of the excerpt: the figure is in the search result itself."""
-    prepared = _snippet_lines(chunk)
-    start, flat = _best_line_start(prepared, query), prepared.flat
-    excerpt = flat[start : start + width]
-    return ("..." if start > 0 else "") + excerpt + ("..." if start + width < len(flat) else "")

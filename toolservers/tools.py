@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from toolservers.corpus import Corpus
 from toolservers.errors import ToolInputError
-from toolservers.search import Searcher, snippet
+from toolservers.search import Searcher
+from toolservers.snippets import snippet
 
 MAX_TOP_K = 50
 MAX_QUERY_CHARS = 2_000
