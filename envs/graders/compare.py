@@ -6,6 +6,10 @@ better reading counts. A reference is always read as written.
 - "842.5" against "$842.5 million" is 842.5 million (filings state "in millions" once), and
   "842,500,000" is the same figure written out. An explicit, different magnitude
   ("842.5 billion") or currency (€ against $) is wrong.
+- Money is not a count: an amount against "336.3 million shares", or a figure counting shares
+  ("$125.9 shares", "125.9 shares") against "$125.9 million", is wrong. Leaving the scale out
+  is leaving a unit out; naming another unit is not (GRPO on the demo found that "$125.9
+  shares" scored as "$125.9 million" and learnt to write it, 2026-12-01).
 - Percentages are compared in percentage points. Against "7%", the answer "0.07" is the ratio
   (7 points) and "7" is read in the reference's unit (7 points): both are right.
 - Against a plain reference "0.07", the answer "7%" is right: 7% is 0.07. But "0.07%" is
@@ -98,6 +102,8 @@ def compare(answer: Quantity, reference: Quantity, tolerance: Tolerance) -> Comp
         score, verdict, rule = judge(a, r, percent, tolerance)
         if answer.currency and reference.currency and answer.currency != reference.currency:
             score, verdict, rule = 0.0, Verdict.WRONG, "currency_mismatch"
+        if _money_against_count(answer, reference) or _money_against_count(reference, answer):
+            score, verdict, rule = 0.0, Verdict.WRONG, "unit_mismatch"
         found = Comparison(score, verdict, rule, name, a.value, r.value, percent)
         if best is None or found.score > best.score:
             best = found
@@ -146,6 +152,10 @@ def _readings(
                 _read(reference, percent),
                 percent,
             )
+
+
+def _money_against_count(money: Quantity, count: Quantity) -> bool:
+    return money.currency is not None and count.counts is not None
 
 
 def _bare_against(q: Quantity, other: Quantity) -> bool:

@@ -73,6 +73,8 @@ _MAGNITUDE_EXPONENT = {
     "trillion": 12, "trillions": 12, "t": 12, "tn": 12,
 }  # fmt: skip
 _CURRENCY_WORD = {"dollar": "USD", "euro": "EUR", "pound": "GBP", "yen": "JPY"}
+# A count of shares, not an amount of money: "336.3 million shares" (not "per share").
+_COUNT_NOUN = re.compile(r"\s+(?:of\s+)?(?:common\s+)?shares?\b", re.IGNORECASE)
 _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
@@ -114,6 +116,7 @@ class Quantity:
     end: int
     kind: Kind = Kind.NUMBER
     decrease_worded: bool = False  # preceded by "decreased by", "down", "a loss of" ...
+    counts: str | None = None  # what the figure counts, when a noun says so: "shares"
 
     @property
     def value(self) -> Decimal:
@@ -215,6 +218,7 @@ def _build(
             _DECREASE_WORDS.search(text, max(0, start - 40), start)
             or _DECREASE_AFTER.match(text, end)
         ),
+        counts=_counted(text, end),
     )
     kind = Kind.FOOTNOTE if footnote else _noise_kind(text, quantity, match, bool(sign))
     return replace(quantity, kind=kind)
@@ -248,6 +252,12 @@ def _parentheses(
     if suffix.group("close"):  # "(about $1.2 billion)": the paren closes an aside
         end = suffix.start("close")
     return "", start, end
+
+
+def _counted(text: str, end: int) -> str | None:
+    """The noun right after a figure that says what it counts ("336.3 million shares")."""
+    found = _COUNT_NOUN.match(text, end)
+    return "shares" if found else None
 
 
 def _currency(before: str | None, after: str | None) -> str | None:

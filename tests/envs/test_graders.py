@@ -268,6 +268,37 @@ def test_currency_mismatch_is_recorded() -> None:
     assert numeric("€842.5 million").details["rule"] == "currency_mismatch"
 
 
+SHARES = "336.3 million shares"
+
+
+@pytest.mark.parametrize(
+    ("reference", "answer", "score"),
+    [
+        # money is not a count, whatever else the figure gets right
+        (MONEY, "$842.5 shares", 0.0),  # what GRPO learnt to write on the demo
+        (MONEY, "842.5 shares", 0.0),
+        (MONEY, "842.5 million shares", 0.0),
+        (SHARES, "$336.3 million", 0.0),
+        (SHARES, "$336.3", 0.0),
+        # a count against a count; money "per share" is still money
+        (SHARES, "336.3 million shares", 1.0),
+        (SHARES, "336.3 million common shares", 1.0),
+        (SHARES, "336.3 shares", 1.0),  # the scale left out, as in a table "(millions)"
+        (SHARES, "336.3 million", 1.0),
+        (SHARES, "336,300,000 shares", 1.0),
+        ("$0.35", "$0.35 per share", 1.0),
+        ("$0.35", "0.35 per share", 1.0),
+    ],
+)
+def test_money_and_share_counts_are_different_units(
+    reference: str, answer: str, score: float
+) -> None:
+    result = numeric(answer, reference)
+    assert result.score == score, result.details
+    if not score:
+        assert result.details["rule"] == "unit_mismatch", result.details
+
+
 @pytest.mark.parametrize(
     ("reference", "answer", "score"),
     [
