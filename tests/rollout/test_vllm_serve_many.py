@@ -137,6 +137,8 @@ def test_a_taken_port_in_the_range_stops_before_any_server_starts(
 
 def test_one_server_failing_stops_the_others(tmp_path: Path) -> None:
     port = free_port()
+    while not _free(port + 1):  # the pair must be free (a neighbour may be anyone's)
+        port = free_port()
     config = VllmServeConfig(
         model="Qwen/Qwen2.5-0.5B-Instruct",
         port=port,
