@@ -91,6 +91,10 @@ def install(toolbox: Any) -> SearchProfile:
                 name,
                 profile.timed("snippet_s", getattr(toolservers.tools, name)),
             )
+    # Choosing which chunk of each hit's document shows it is snippet selection too.
+    chooser = getattr(searcher, "snippet_chunks", None)
+    if chooser is not None:
+        chooser.choose = profile.timed("snippet_s", chooser.choose)
     return profile
 
 

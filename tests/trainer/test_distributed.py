@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from rankkit import assert_same_step_figures
 
+from rankkit import assert_same_step_figures
 from trainer.batch import TrainSequence
 from trainer.config import TrainConfig
 from trainer.distributed import SINGLE, DistContext, env_context, shard, trainable, wrap_model

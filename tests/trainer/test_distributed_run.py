@@ -16,41 +16,31 @@ from pathlib import Path
 
 import pytest
 
+from pluginkit import (
+    TOOLGYM,
+    run_env,
+    write_config,
+    write_plugin,
+    write_rows,
+)
+from pluginkit import toolgym as run_toolgym
 from rollout.tiny_policy import build_tiny_policy
 from testkit import process_alive, wait_until
 
-TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
 ENV_ID = "toolgym-test/DistVowels-v0"
-PLUGIN = '''
+GRADER = """
 import re
-
-import gymnasium as gym
-
-from envs.graders.base import GradeResult, verdict_for
-from envs.tool_env import make_tool_env
 
 
 class VowelShareGrader:
-    """The share of the answer's letters that are vowels: differs between attempts, so
-    every group carries signal and every step updates."""
+    \"\"\"The share of the answer's letters that are vowels: differs between attempts, so
+    every group carries signal and every step updates.\"\"\"
 
     async def grade(self, row, answer, tools_used):
         letters = re.sub(r"[^a-z]", "", answer.lower())
         score = sum(c in "aeiou" for c in letters) / len(letters) if letters else 0.0
         return GradeResult(score=score, verdict=verdict_for(score))
-
-
-def make_env(**kwargs):
-    return make_tool_env(grader=VowelShareGrader(), tools_url="http://unused", **kwargs)
-
-
-def register():
-    gym.register("ENV_ID", entry_point=make_env, nondeterministic=True)
-'''.replace("ENV_ID", ENV_ID)
-TOOL = {
-    "type": "function",
-    "function": {"name": "noop", "description": "Does nothing.", "parameters": {}},
-}
+"""
 STEPS = 3
 STEP_WAIT_S = 240  # a step takes seconds; minutes on a machine shared many ways, never more
 
@@ -59,21 +49,11 @@ STEP_WAIT_S = 240  # a step takes seconds; minutes on a machine shared many ways
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """-> (the run's config, the environment its processes need)."""
     root = tmp_path_factory.mktemp("dist_run")
-    plugin = root / "plugin"
-    (plugin / "dist_vowels-0.0.dist-info").mkdir(parents=True)
-    (plugin / "dist_vowels.py").write_text(PLUGIN)
-    info = plugin / "dist_vowels-0.0.dist-info"
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dist-vowels\nVersion: 0.0\n")
-    (info / "entry_points.txt").write_text("[toolgym.envs]\nvowels = dist_vowels:register\n")
+    plugin = write_plugin(root, "dist_vowels", ENV_ID, GRADER, "VowelShareGrader")
     words = "revenue margin income company quarter report growth cash total assets".split()  # noqa: SIM905
     texts = [f"{w} {i} {w.upper()} {i * 7}" for i in range(300) for w in words[i % 10 : i % 10 + 1]]
     model = build_tiny_policy(root / "model", texts, vocab_size=400, initializer_range=0.3)
-    rows = [
-        {"id": f"r{i}", "prompt": f"Say something ({i}).", "reference_answer": "a",
-         "tools": [TOOL], "metadata": {"task_type": "vowels", "difficulty": "easy"}}
-        for i in range(8)
-    ]  # fmt: skip
-    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(root / "rows.jsonl", "vowels", "Say something", "a", 8)
     config = {
         "base_model": str(model),
         "environment": {"id": ENV_ID, "limits": {"max_turns": 1}},
@@ -87,15 +67,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
         "output_dir": "run",
         "distributed_timeout_s": 120,
     }
-    (root / "train.yaml").write_text(json.dumps(config))  # JSON is YAML
-    path = os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])
-    return root / "train.yaml", {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return write_config(root / "train.yaml", config), run_env(plugin)
 
 
 def toolgym(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TOOLGYM, *args], capture_output=True, text=True, timeout=STEP_WAIT_S * 2, env=env
-    )
+    return run_toolgym(env, STEP_WAIT_S * 2, *args)
 
 
 def checkpointed(out: Path) -> int:

@@ -22,9 +22,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from rankkit import assert_same_step_figures
 from safetensors.torch import load_file
 
+from rankkit import assert_same_step_figures
 from trainer.batch import TrainSequence
 from trainer.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig, load_config

@@ -10,9 +10,7 @@ PYTHONPATH (a `toolgym.envs` entry point), as in test_distributed_run.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,36 +18,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pluginkit import run_env, write_config, write_plugin, write_rows
+from pluginkit import toolgym as run_toolgym
 from rollout.fake_vllm import ChatRequest, FakeSettings, create_app
 from testkit import LiveServer, start_server
 
-TOOLGYM = str(Path(sys.executable).with_name("toolgym"))
 ENV_ID = "toolgym-test/FsdpDigits-v0"
-PLUGIN = """
-import gymnasium as gym
-
-from envs.graders.base import GradeResult, verdict_for
-from envs.tool_env import make_tool_env
-
+GRADER = """
 
 class DigitShareGrader:
     async def grade(self, row, answer, tools_used):
         visible = "".join(answer.split())
         score = sum(c.isdigit() for c in visible) / len(visible) if visible else 0.0
         return GradeResult(score=score, verdict=verdict_for(score))
-
-
-def make_env(**kwargs):
-    return make_tool_env(grader=DigitShareGrader(), tools_url="http://unused", **kwargs)
-
-
-def register():
-    gym.register("ENV_ID", entry_point=make_env, nondeterministic=True)
-""".replace("ENV_ID", ENV_ID)
-TOOL = {
-    "type": "function",
-    "function": {"name": "noop", "description": "Does nothing.", "parameters": {}},
-}
+"""
 RUN_WAIT_S = 480  # seconds on a free machine; minutes on one shared many ways
 
 
@@ -83,17 +65,8 @@ def servers(tiny_policy_dir: Path) -> Iterator[Callable[[], LiveServer]]:
 
 def write_run(root: Path, model: Path, url: str) -> tuple[Path, dict[str, str]]:
     """-> (the run's config, the environment its processes need)."""
-    info = root / "plugin" / "fsdp_digits-0.0.dist-info"
-    info.mkdir(parents=True)
-    (root / "plugin" / "fsdp_digits.py").write_text(PLUGIN)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fsdp-digits\nVersion: 0.0\n")
-    (info / "entry_points.txt").write_text("[toolgym.envs]\ndigits = fsdp_digits:register\n")
-    rows = [
-        {"id": f"d{i}", "prompt": f"Say a number ({i}).", "reference_answer": "7",
-         "tools": [TOOL], "metadata": {"task_type": "digits", "difficulty": "easy"}}
-        for i in range(4)
-    ]  # fmt: skip
-    (root / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    plugin = write_plugin(root, "fsdp_digits", ENV_ID, GRADER, "DigitShareGrader")
+    write_rows(root / "rows.jsonl", "digits", "Say a number", "7", 4)
     config = {
         "base_model": str(model),
         "data_parallel": "fsdp",
@@ -113,15 +86,11 @@ def write_run(root: Path, model: Path, url: str) -> tuple[Path, dict[str, str]]:
         "seed": 0,
         "distributed_timeout_s": 120,
     }  # fmt: skip
-    (root / "train.yaml").write_text(json.dumps(config))  # JSON is YAML
-    path = os.pathsep.join([str(root / "plugin"), os.environ.get("PYTHONPATH", "")])
-    return root / "train.yaml", {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return write_config(root / "train.yaml", config), run_env(plugin)
 
 
 def toolgym(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TOOLGYM, *args], capture_output=True, text=True, timeout=RUN_WAIT_S, env=env
-    )
+    return run_toolgym(env, RUN_WAIT_S, *args)
 
 
 @pytest.mark.slow
