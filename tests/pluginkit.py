@@ -67,7 +67,10 @@ def run_env(plugin: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
-def toolgym(env: dict[str, str], timeout_s: float, *args: str) -> subprocess.CompletedProcess[str]:
+def run_toolgym(
+    env: dict[str, str], timeout_s: float, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`toolgym ARGS` in the run's environment, its output captured."""
     return subprocess.run(
         [TOOLGYM, *args], capture_output=True, text=True, timeout=timeout_s, env=env
     )

@@ -16,14 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pluginkit import (
-    TOOLGYM,
-    run_env,
-    write_config,
-    write_plugin,
-    write_rows,
-)
-from pluginkit import toolgym as run_toolgym
+from pluginkit import TOOLGYM, run_env, run_toolgym, write_config, write_plugin, write_rows
 from rollout.tiny_policy import build_tiny_policy
 from testkit import process_alive, wait_until
 

@@ -18,8 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pluginkit import run_env, write_config, write_plugin, write_rows
-from pluginkit import toolgym as run_toolgym
+from pluginkit import run_env, run_toolgym, write_config, write_plugin, write_rows
 from rollout.fake_vllm import ChatRequest, FakeSettings, create_app
 from testkit import LiveServer, start_server
 
