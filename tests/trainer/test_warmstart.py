@@ -12,7 +12,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from envs.data.demonstrations import Demonstration
 from rollout.tiny_policy import build_tiny_policy
-from trainer.warmstart import WarmStartSettings, warm_start
+from trainer.warmstart import (
+    WarmStartSettings,
+    demonstration_rows,
+    lm_head_on_labelled_positions,
+    sft_trainer,
+    warm_start,
+)
 
 TOOLS: list[dict[Any, Any]] = [
     {
@@ -75,3 +81,54 @@ def test_warm_start_refuses_no_demonstrations(tmp_path: Path) -> None:
 
     with pytest.raises(TrainerError, match="no demonstration"):
         warm_start(tmp_path, [], tmp_path / "out", WarmStartSettings())
+
+
+def test_lm_head_scores_only_labelled_positions_with_the_same_losses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU, TRL's fused LM head projects every position unless told otherwise; the
+    switch must cut the projected rows to the labelled ones and leave the losses alone."""
+    import trl.trainer.utils as trl_utils
+
+    demos = [demo(f"Company{i}", f"{100 + 7 * i}.5") for i in range(8)]
+    base = build_tiny_policy(
+        tmp_path / "base", [json.dumps(d.messages) for d in demos] * 4, vocab_size=300,
+        hidden_size=32, seed=0,
+    )  # fmt: skip
+    projected: list[int] = []
+    fused = trl_utils._ChunkedLogProbFunction
+
+    class CountingFused(fused):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def forward(ctx: Any, hidden: torch.Tensor, *args: Any) -> Any:
+            projected.append(hidden.shape[0])  # (positions projected, hidden)
+            return fused.forward(ctx, hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingFused)
+    settings = WarmStartSettings(batch_size=4, warmup_steps=0)
+
+    def losses(compact: bool) -> tuple[list[float], list[int]]:
+        projected.clear()
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        trainer = sft_trainer(
+            model, AutoTokenizer.from_pretrained(base), demonstration_rows(demos), 3, 4,
+            settings, tmp_path / f"work-{compact}",
+        )  # fmt: skip
+        trainer.args.logging_steps = 1
+        if compact:
+            with lm_head_on_labelled_positions():
+                trainer.train()
+        else:
+            trainer.train()
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e], list(projected)
+
+    every_loss, every_rows = losses(compact=False)
+    labelled_loss, labelled_rows = losses(compact=True)
+    assert len(every_rows) == len(labelled_rows) == 3
+    # the answer turns are a small part of each episode: a third of the rows at most
+    assert all(3 * n < m for n, m in zip(labelled_rows, every_rows, strict=True)), (
+        labelled_rows, every_rows,
+    )  # fmt: skip
+    assert labelled_loss == pytest.approx(every_loss, rel=1e-4)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored on the way out
