@@ -45,7 +45,8 @@ from rollout.kl import measure_kl
 from rollout.policy import SamplingParams
 from rollout.policy_spec import PolicySpec, open_policy
 from rollout.release import ReleaseCheck, release_check, release_lines, write_release
-from rollout.report import ReportFiles, terminal_summary, write_report
+from rollout.report import ReportFiles, write_report
+from rollout.report_text import terminal_summary
 from rollout.stats import RESAMPLES, compute_statistics, with_intervals
 from rollout.store import read_trajectories, rewrite_trajectories
 from rollout.trajectory import Trajectory

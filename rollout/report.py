@@ -1,4 +1,5 @@
-"""Base vs tuned for a person to read: one self-contained HTML file, plots, a terminal digest.
+"""Base vs tuned for a person to read: one self-contained HTML file and its plots (the terminal
+digest is rollout.report_text, each attempt's trace rollout.report_traces).
 
 A mean reward delta says little on its own; the report puts next to it the slices (a good
 average can hide one that broke), the regressions worst first with both policies' traces, and
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +29,10 @@ from rollout.release import ReleaseCheck
 from rollout.report_plots import plot_files
 from rollout.report_release import CSS as RELEASE_CSS
 from rollout.report_release import release_sections
+from rollout.report_text import num, spread_text
+from rollout.report_traces import prompt_text, trace_html
 from rollout.stats import flip_rows
-from rollout.summary import PassRates
 from rollout.trajectory import Trajectory
-
-TOOL_RESULT_CHARS = 400
 
 
 @dataclass(frozen=True)
@@ -46,107 +45,11 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
 def _meta(value: Any) -> str:
     """A metadata value as a person reads it: a list as its items, not as Python's repr."""
     if isinstance(value, list | tuple):
         return ", ".join(str(item) for item in value)
     return str(value)
-
-
-def _cut(text: str, limit: int) -> str:
-    """Cut and say how much was dropped, so a short result is never mistaken for a whole one."""
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more chars)"
-
-
-def _text(content: Any) -> str:
-    """Message content as text: a string, or OpenAI content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
-    return str(content)
-
-
-def _prompt(attempts: list[Trajectory]) -> str:
-    for message in attempts[0].messages if attempts else []:
-        if message.get("role") == "user":
-            return _text(message.get("content"))
-    return ""
-
-
-def _arguments(raw: Any) -> str:
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            return raw
-    return json.dumps(raw, ensure_ascii=False)
-
-
-def _message_html(message: dict[str, Any]) -> str:
-    role, content = str(message.get("role", "?")), _text(message.get("content"))
-    if role == "tool":
-        name = message.get("name") or message.get("tool_call_id") or "tool"
-        body = _cut(content, TOOL_RESULT_CHARS)
-        return f'<div class="msg tool"><b>← {_e(name)}</b><pre>{_e(body)}</pre></div>'
-    parts = [f'<div class="msg {_e(role)}"><b>{_e(role)}</b>']
-    if content.strip():
-        parts.append(f"<pre>{_e(content)}</pre>")
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", {}) if isinstance(call, dict) else {}
-        name, args = function.get("name", "?"), _arguments(function.get("arguments", ""))
-        parts.append(f'<div class="call">→ <code>{_e(name)}</code>(<code>{_e(args)}</code>)</div>')
-    return "".join(parts) + "</div>"
-
-
-def _grade_html(grade: dict[str, Any] | None) -> str:
-    if not grade:
-        return '<div class="grade">grade: —</div>'
-    details = grade.get("details") or {}
-    items = "".join(
-        f"<li><code>{_e(k)}</code>: {_e(_cut(json.dumps(v, ensure_ascii=False, default=str), 160))}"
-        "</li>"
-        for k, v in list(details.items())[:6]
-    )
-    more = f"<li>… {len(details) - 6} more</li>" if len(details) > 6 else ""
-    return (
-        f'<div class="grade">verdict <b>{_e(grade.get("verdict", "?"))}</b>, '
-        f"score {_e(grade.get('score', '—'))}<ul>{items}{more}</ul></div>"
-    )
-
-
-def _trace_html(side: str, attempts: list[Trajectory]) -> str:
-    """The first attempt in full; the others are only counted (they share the prompt)."""
-    if not attempts:
-        return f'<div class="trace"><h4>{_e(side)}</h4><p class="muted">no attempts</p></div>'
-    first = min(attempts, key=lambda t: t.sample_index)
-    heading = side if first.policy_version == side else f"{side} ({first.policy_version})"
-    count = f"attempt 1 of {len(attempts)}" if len(attempts) > 1 else "1 attempt"
-    reward = "failed" if first.reward is None else f"reward {first.reward:.3f}"
-    users = [i for i, m in enumerate(first.messages) if m.get("role") == "user"]
-    shown = [  # the system prompt is not shown; the first user message is, once above both
-        _message_html(m)
-        for i, m in enumerate(first.messages)
-        if m.get("role") != "system" and i != (users[0] if users else -1)
-    ]
-    error = (
-        f'<div class="error">error ({_e(first.error.kind)}): {_e(first.error.message)}</div>'
-        if first.error
-        else ""
-    )
-    answer = _e(first.answer) if first.answer is not None else '<span class="muted">none</span>'
-    return (
-        f'<div class="trace"><h4>{_e(heading)} · {count} · {reward} · '
-        f"{first.metrics.tool_calls} tool calls</h4>{''.join(shown)}"
-        f'<div class="answer"><b>final answer</b><pre>{answer}</pre></div>'
-        f"{_grade_html(first.grade)}{error}</div>"
-    )
 
 
 @dataclass
@@ -160,16 +63,16 @@ def _sample_html(sample: SampleComparison, rows: _Rows, collapsed: bool) -> str:
     base, tuned = rows.base.get(sample.id, []), rows.tuned.get(sample.id, [])
     meta = "; ".join(f"{k}={_meta(v)}" for k, v in sorted(sample.metadata.items()))
     head = (
-        f"<b>{_e(sample.id)}</b> · {_num(sample.base.reward)} → {_num(sample.tuned.reward)} "
-        f"(<span class='{sample.outcome}'>{_num(sample.reward_delta, True)}</span>) · "
+        f"<b>{_e(sample.id)}</b> · {num(sample.base.reward)} → {num(sample.tuned.reward)} "
+        f"(<span class='{sample.outcome}'>{num(sample.reward_delta, True)}</span>) · "
         f'tool calls {sample.tool_calls_delta:+.2f} · <span class="muted">{_e(meta)}</span>'
     )
     reference = rows.references.get(sample.id)
     body = (
-        f'<div class="prompt"><b>prompt</b><pre>{_e(_prompt(base or tuned))}</pre></div>'
+        f'<div class="prompt"><b>prompt</b><pre>{_e(prompt_text(base or tuned))}</pre></div>'
         f'<div class="ref"><b>reference</b> '
         f"{_e(reference) if reference is not None else '<span class=muted>not given</span>'}</div>"
-        f'<div class="pair">{_trace_html("base", base)}{_trace_html("tuned", tuned)}</div>'
+        f'<div class="pair">{trace_html("base", base)}{trace_html("tuned", tuned)}</div>'
     )
     attrs = f'class="sample {sample.outcome}" data-row="{_e(sample.id)}"'
     if collapsed:
@@ -180,9 +83,9 @@ def _sample_html(sample: SampleComparison, rows: _Rows, collapsed: bool) -> str:
 def _summary_html(comparison: Comparison) -> str:
     s = comparison.summary
     cells = [
-        ("base reward", _num(s.base_reward)),
-        ("tuned reward", _num(s.tuned_reward)),
-        ("reward delta", _num(s.reward_delta, True)),
+        ("base reward", num(s.base_reward)),
+        ("tuned reward", num(s.tuned_reward)),
+        ("reward delta", num(s.reward_delta, True)),
         ("tool calls delta", f"{s.tool_calls_delta:+.2f}"),
         ("improved", str(s.improved)),
         ("regressed", str(s.regressed)),
@@ -204,12 +107,12 @@ def _pass_html(comparison: Comparison) -> str:
     sides = (("base", s.base_pass), ("tuned", s.tuned_pass))
     if k <= 1:  # one attempt: pass@k is pass@1 and the headroom 0 by construction
         head = "<th>policy</th><th>pass@1</th>"
-        rows = "".join(f"<tr><td>{n}</td><td>{_num(r.pass_at_1)}</td></tr>" for n, r in sides)
+        rows = "".join(f"<tr><td>{n}</td><td>{num(r.pass_at_1)}</td></tr>" for n, r in sides)
     else:
         head = f"<th>policy</th><th>pass@1</th><th>pass@{k}</th><th>headroom</th>"
         rows = "".join(
-            f"<tr><td>{n}</td><td>{_num(r.pass_at_1)}</td><td>{_num(r.pass_at_k)}</td>"
-            f"<td>{_num(r.headroom)}</td></tr>"
+            f"<tr><td>{n}</td><td>{num(r.pass_at_1)}</td><td>{num(r.pass_at_k)}</td>"
+            f"<td>{num(r.headroom)}</td></tr>"
             for n, r in sides
         )
     return (
@@ -236,18 +139,11 @@ def _pass_note(comparison: Comparison) -> str:
     )
 
 
-def _spread_text(comparison: Comparison, key: str) -> str:
-    spread = comparison.slice_spread.get(key)
-    if spread is None:
-        return f"no spread: fewer than 2 slices of ≥ {comparison.min_slice_rows} rows"
-    return f"spread {spread:.3f}"
-
-
 def _slice_rows_html(stats: list[SliceStats], worst: SliceStats | None) -> str:
     return "".join(
         f"<tr{' class=worst' if s is worst else ''}><td>{_e(s.value)}</td><td>{s.n}</td>"
-        f"<td>{_num(s.base_reward)}</td><td>{_num(s.tuned_reward)}</td>"
-        f"<td>{_num(s.reward_delta, True)}</td><td>{s.improved}</td><td>{s.regressed}</td></tr>"
+        f"<td>{num(s.base_reward)}</td><td>{num(s.tuned_reward)}</td>"
+        f"<td>{num(s.reward_delta, True)}</td><td>{s.improved}</td><td>{s.regressed}</td></tr>"
         for s in stats
     )
 
@@ -262,7 +158,7 @@ def _slice_key_html(comparison: Comparison, key: str) -> str:
         notes.append(f"{len(shown)} of {len(stats)} values shown: the most rows, and the worst")
     note = f'<p class="muted">{_e("; ".join(notes))}</p>' if notes else ""
     return (
-        f"<h3>{_e(key)} <span class=muted>{_e(_spread_text(comparison, key))}</span></h3>{note}"
+        f"<h3>{_e(key)} <span class=muted>{_e(spread_text(comparison, key))}</span></h3>{note}"
         "<table><tr><th>value</th><th>n</th><th>base</th><th>tuned</th><th>delta</th>"
         "<th>improved</th><th>regressed</th></tr>"
         f"{_slice_rows_html(shown, worst_slice(stats, comparison.min_slice_rows))}</table>"
@@ -307,8 +203,8 @@ def _table_html(comparison: Comparison) -> str:
     rows = "".join(
         f'<tr class="{s.outcome}"><td>{_e(s.id)}</td>'
         + "".join(f"<td>{_e(_meta(s.metadata.get(k, '')))}</td>" for k in keys)
-        + f"<td>{_num(s.base.reward)}</td><td>{_num(s.tuned.reward)}</td>"
-        f"<td>{_num(s.reward_delta, True)}</td><td>{s.tool_calls_delta:+.2f}</td>"
+        + f"<td>{num(s.base.reward)}</td><td>{num(s.tuned.reward)}</td>"
+        f"<td>{num(s.reward_delta, True)}</td><td>{s.tool_calls_delta:+.2f}</td>"
         f"<td>{s.outcome}</td></tr>"
         for s in comparison.samples
     )
@@ -434,83 +330,3 @@ def write_report(
     path = out_dir / "report.html"
     path.write_text(document, encoding="utf-8")
     return ReportFiles(html=path, plots=plots)
-
-
-# --- terminal ----------------------------------------------------------------------------------
-
-
-def terminal_summary(
-    comparison: Comparison, *, top: int = 5, tuned: list[Trajectory] | None = None
-) -> str:
-    """Plain text: the headline, the slices with their spread, the worst regressions.
-
-    `tuned` is optional: with it, each regression shows the tuned policy's (first) answer.
-    """
-    s = comparison.summary
-    lines = [
-        f"rows {s.rows} ({s.compared} compared): reward {s.base_reward:.3f} → "
-        f"{s.tuned_reward:.3f} ({s.reward_delta:+.3f}), tool calls {s.tool_calls_delta:+.2f}/row",
-        f"improved {s.improved}, regressed {s.regressed}, unchanged solved "
-        f"{s.unchanged_solved}, unchanged never solved {s.unchanged_unsolved}, failed {s.failed}",
-        _pass_line(s.base_pass, s.tuned_pass),
-    ]
-    for key in sorted(comparison.slices):
-        lines += _slice_lines(comparison, key)
-    if comparison.skipped_slice_keys:
-        skipped = "; ".join(
-            f"{k} ({why})" for k, why in sorted(comparison.skipped_slice_keys.items())
-        )
-        lines.append(f"not sliced by: {skipped}")
-    regressions = comparison.regressions()[:top]
-    if regressions:
-        lines.append(f"top regressions ({len(regressions)} of {s.regressed}, worst first):")
-    answers = _first_answers(tuned or [])
-    for r in regressions:
-        answer = answers.get(r.id)
-        shown = f"  tuned: {_cut(' '.join(answer.split()), 60)!r}" if answer is not None else ""
-        lines.append(
-            f"  {r.id}  {_num(r.base.reward)} → {_num(r.tuned.reward)} "
-            f"({_num(r.reward_delta, True)}){shown}"
-        )
-    return "\n".join(lines)
-
-
-def _pass_line(base: PassRates, tuned: PassRates) -> str:
-    k = max(base.k, tuned.k)
-    if k <= 1:  # pass@1 is all one attempt can tell; a headroom of 0 would be made up
-        return (
-            f"pass@1 {base.pass_at_1:.3f} → {tuned.pass_at_1:.3f} (1 attempt per row: "
-            "--attempts N also measures pass@N and the headroom RL could still win)"
-        )
-    return (
-        f"pass@1 {base.pass_at_1:.3f} → {tuned.pass_at_1:.3f}, pass@{k} {base.pass_at_k:.3f} → "
-        f"{tuned.pass_at_k:.3f}, headroom {base.headroom:.3f} → {tuned.headroom:.3f} "
-        "(pass@k − pass@1: about the most RL can still win)"
-    )
-
-
-def _slice_lines(comparison: Comparison, key: str) -> list[str]:
-    stats = comparison.slices[key]
-    shown = shown_slices(stats, comparison.min_slice_rows)
-    many = " per item of its list" if key in comparison.list_slice_keys else ""
-    lines = [f"by {key}{many} ({_spread_text(comparison, key)}):"]
-    worst = worst_slice(stats, comparison.min_slice_rows)
-    width = max(len(x.value) for x in shown)
-    for x in shown:
-        mark = "  <- worst" if x is worst else ""
-        lines.append(
-            f"  {x.value:<{width}}  n={x.n:<4} {x.base_reward:.3f} → {x.tuned_reward:.3f}  "
-            f"{x.reward_delta:+.3f}  (+{x.improved} -{x.regressed}){mark}"
-        )
-    if len(shown) < len(stats):
-        lines.append(
-            f"  … {len(stats) - len(shown)} more values (report.html's table lists every row)"
-        )
-    return lines
-
-
-def _first_answers(trajectories: list[Trajectory]) -> dict[str, str | None]:
-    return {
-        row: min(attempts, key=lambda t: t.sample_index).answer
-        for row, attempts in by_row(trajectories).items()
-    }

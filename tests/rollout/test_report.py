@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from rollout.compare import Comparison, compare
-from rollout.report import ReportFiles, render_html, terminal_summary, write_report
+from rollout.report import ReportFiles, render_html, write_report
+from rollout.report_text import terminal_summary
 from rollout.trajectory import EpisodeMetrics, Trajectory, TrajectoryError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
