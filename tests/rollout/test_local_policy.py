@@ -16,7 +16,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rollout.errors import PolicyRequestError, PolicyUnavailableError
-from rollout.local_policy import LocalPolicy, turn_from_generation
+from rollout.local_generation import turn_from_generation
+from rollout.local_policy import LocalPolicy
 from rollout.policy import SamplingParams, Turn, TurnRequest
 from rollout.tiny_policy import build_tiny_policy
 from testkit import task_alive, wait_until_async
