@@ -2,14 +2,14 @@
 
 vLLM cannot run on these machines, yet the rollout code must be tested against its exact wire
 format: `return_token_ids`, per-token logprobs, hermes-parsed tool calls, runtime LoRA routes,
-error bodies. This fake speaks that format with a toy tokenizer and a Qwen-like chat template
-(rollout.fake_chat), so the property the trainer relies on holds for real: a conversation
-re-rendered with the assistant's generated text extends the previous prompt + completion ids
-exactly. What the "model" says comes from a pluggable script (rollout.fake_scripts); faults
-(delay, failures, hangs, a dead engine) are injected through a typed controller that tests
-reach as `app.state.fake.faults`. Adapter loads behave as vLLM 0.33's do, down to the 404 for
-a directory the server cannot see (yet), so a lagging shared filesystem is simply a directory
-created late.
+error bodies. This fake speaks that format (bodies and errors: rollout.fake_vllm_wire) with a
+toy tokenizer and a Qwen-like chat template (rollout.fake_chat), so the property the trainer
+relies on holds for real: a conversation re-rendered with the assistant's generated text
+extends the previous prompt + completion ids exactly. What the "model" says comes from a
+pluggable script (rollout.fake_scripts); faults (delay, failures, hangs, a dead engine) are
+injected through a typed controller that tests reach as `app.state.fake.faults`. Adapter loads
+behave as vLLM 0.33's do, down to the 404 for a directory the server cannot see (yet), so a
+lagging shared filesystem is simply a directory created late.
 
     python -m rollout.fake_vllm --host 127.0.0.1 --port 8000 [--delay S] [--script agent|echo]
 """
@@ -30,13 +30,10 @@ from typing import Any, Literal
 import pydantic_core
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from envs.markup import parse_tool_calls
 from rollout.fake_chat import (
     IM_END,
-    ROLES,
     SPECIAL_IDS,
     decode,
     encode,
@@ -48,77 +45,32 @@ from rollout.fake_chat import (
     toy_logprob,
 )
 from rollout.fake_scripts import SCRIPTS, Script, agent_script, echo_script
+from rollout.fake_vllm_wire import (
+    ChatRequest,
+    LoadLoraRequest,
+    UnloadLoraRequest,
+    error_response,
+    parse_hermes,
+    read_body,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
     "IM_END",
     "SCRIPTS",
     "SPECIAL_IDS",
+    "ChatRequest",
     "agent_script",
     "decode",
     "echo_script",
     "encode",
     "message_text",
+    "parse_hermes",
     "render_prompt",
 ]
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 _SPECIAL_ID_SET = frozenset(SPECIAL_IDS.values())
-# ---- wire models ----
-
-
-class ChatRequest(BaseModel):
-    """The request fields the fake honours; others are ignored, as vLLM ignores them."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    temperature: float | None = Field(default=None, ge=0.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    logprobs: bool = False
-    return_token_ids: bool = False
-    stream: bool = False
-
-    @field_validator("messages")
-    @classmethod
-    def _roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for message in messages:
-            if message.get("role") not in ROLES:
-                raise ValueError(f"unknown message role {message.get('role')!r}")
-        return messages
-
-
-class LoadLoraRequest(BaseModel):
-    lora_name: str = Field(min_length=1)
-    lora_path: str = Field(min_length=1)
-    load_inplace: bool = False
-
-
-class UnloadLoraRequest(BaseModel):
-    lora_name: str = Field(min_length=1)
-
-
-def parse_hermes(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """Like vLLM's hermes parser: content is the text before the markup, calls in OpenAI shape;
-    any unparsable call leaves the whole text as content with no calls. The calls are read by
-    the environments' own parser (envs.markup), so the two cannot disagree."""
-    parsed = parse_tool_calls(text)
-    if not parsed.calls or any(call.error for call in parsed.calls):
-        return text, []
-    calls = [
-        {
-            "id": f"chatcmpl-tool-{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {"name": call.name, "arguments": call.raw_arguments},
-        }
-        for call in parsed.calls
-    ]
-    return parsed.content_before or None, calls
 
 
 # ---- state, faults ----
@@ -247,18 +199,6 @@ class FakeVllm:
         return body
 
 
-_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 429: "RateLimitError"}
-
-
-def error_response(status: int, message: str) -> JSONResponse:
-    """vLLM's error body."""
-    kind = _ERROR_TYPES.get(
-        status, "InternalServerError" if status < 503 else "ServiceUnavailableError"
-    )
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return JSONResponse(body, status_code=status)
-
-
 async def _pause(request: Request, seconds: float) -> None:
     """Sleep, but stop early when the client has gone (so servers shut down promptly).
 
@@ -271,13 +211,6 @@ async def _pause(request: Request, seconds: float) -> None:
             return  # done: no need to ask (the question costs ~10% of the fake's CPU)
         if await request.is_disconnected():
             return
-
-
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        return model.model_validate_json(await request.body())
-    except ValidationError as exc:  # bad JSON or bad fields
-        return error_response(400, f"invalid request: {exc}")
 
 
 class ApiKeyMiddleware:
@@ -329,7 +262,7 @@ def create_app(settings: FakeSettings | None = None) -> FastAPI:
             return error_response(503, "hung request released")
         if fault is not None:
             return error_response(fault, f"injected failure (HTTP {fault})")
-        body = await _body(request, ChatRequest)
+        body = await read_body(request, ChatRequest)
         if isinstance(body, Response):
             return body
         if body.stream:
@@ -357,7 +290,7 @@ def create_app(settings: FakeSettings | None = None) -> FastAPI:
 def _add_lora_routes(app: FastAPI, fake: FakeVllm) -> None:
     @app.post("/v1/load_lora_adapter")
     async def load_lora(request: Request) -> Response:
-        body = await _body(request, LoadLoraRequest)
+        body = await read_body(request, LoadLoraRequest)
         if isinstance(body, Response):
             return body
         name, path = body.lora_name, Path(body.lora_path)
@@ -379,7 +312,7 @@ def _add_lora_routes(app: FastAPI, fake: FakeVllm) -> None:
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_lora(request: Request) -> Response:
-        body = await _body(request, UnloadLoraRequest)
+        body = await read_body(request, UnloadLoraRequest)
         if isinstance(body, Response):
             return body
         if fake.adapters.pop(body.lora_name, None) is None:

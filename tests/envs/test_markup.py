@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import envs.actions
-import rollout.fake_vllm
+import rollout.fake_vllm_wire
 from envs import markup
 from envs.actions import parse_action
 from envs.markup import (
@@ -162,7 +162,7 @@ def test_every_prefix_of_a_generation_parses() -> None:
 
 def test_the_fake_server_and_the_environments_share_one_parser() -> None:
     assert envs.actions.parse_tool_calls is markup.parse_tool_calls
-    assert rollout.fake_vllm.parse_tool_calls is markup.parse_tool_calls
+    assert rollout.fake_vllm_wire.parse_tool_calls is markup.parse_tool_calls
 
 
 @pytest.mark.parametrize(
