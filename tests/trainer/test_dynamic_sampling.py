@@ -24,8 +24,8 @@ from rollout.trajectory import Trajectory, TrajectoryGroup, TurnTokens, group_tr
 from testkit import task_alive, wait_until_async
 from trainer.batch import BatchStats, TrainSequence, build_sequences
 from trainer.config import TrainConfig
-from trainer.loop import refill_count, refill_order, rows_for_step
 from trainer.metrics import table_header, table_row
+from trainer.step_rows import refill_count, refill_order, rows_for_step
 from trainer.train import train
 
 ENV_ID = "toolgym-test/FlatOrLive-v0"

@@ -147,7 +147,7 @@ def test_killed_mid_step_resumes_from_the_last_completed_step(
 ) -> None:
     from trainer.checkpoint import load_checkpoint
     from trainer.errors import ConfigError
-    from trainer.loop import rows_for_step
+    from trainer.step_rows import rows_for_step
 
     out = tmp_path / "run"
     cfg = config(tiny_model, dataset, out, steps=4)

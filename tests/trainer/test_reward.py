@@ -30,8 +30,8 @@ from rollout.trajectory import Trajectory, TrajectoryGroup, group_trajectories
 from testkit import free_port
 from trainer.config import TrainConfig, load_config
 from trainer.errors import ConfigError
-from trainer.loop import rows_for_step
 from trainer.reward import make_scorer, ruler_config
+from trainer.step_rows import rows_for_step
 from trainer.train import train
 
 ENV_ID = "toolgym-test/Judged-v0"
