@@ -13,6 +13,8 @@ Local policies (MODEL_DIR[+ADAPTER]) are scored in this process: one model loade
 both sides share a model directory, with their adapters switched (the base's own adapter, or
 none). Served policies report logprobs only for the tokens each one sampled, not the base's
 distribution over the tuned tokens, so for them the KL is reported unavailable, with why.
+Sequences are scored in right-padded batches of similar length (a causal model's real positions
+never see the padding after them): on the demo's eval, 1,105 sequences in 22 s instead of 66 s.
 """
 
 from __future__ import annotations
@@ -86,32 +88,78 @@ class Scorer:
             self.model.enable_adapters()
             self.model.set_adapter(self.adapter)
 
-    def logprobs(self, ids: Any, positions: Any) -> Any:
-        """ids: (1, seq); positions: (seq - 1,) bool -> (generated, vocab) log-distributions
-        of the next token at the positions that predicted a generated one."""
+    def logprobs(self, ids: Any, attention_mask: Any, positions: Any) -> Any:
+        """ids, attention_mask: (batch, seq); positions: (batch, seq - 1) bool -> (generated,
+        vocab) log-distributions of the next token at the positions that predicted a generated
+        one, row after row."""
         import torch
 
         self.select()
-        logits = self.model(input_ids=ids).logits[0, :-1]  # (seq - 1, vocab)
-        return torch.log_softmax(logits[positions].float(), dim=-1)  # (generated, vocab)
+        out = self.model(input_ids=ids, attention_mask=attention_mask)
+        logits = out.logits  # (batch, seq, vocab)
+        return torch.log_softmax(logits[:, :-1][positions].float(), dim=-1)  # (generated, vocab)
+
+
+# Logits held per forward pass (batch x seq x vocab floats): 2**26 is 256 MiB in float32, so a
+# small model scores dozens of sequences at once and a 150k-vocabulary one a few hundred tokens.
+MAX_BATCH_LOGITS = 2**26
+
+
+def batches(
+    sequences: list[TokenSequence], vocab: int, max_logits: int
+) -> list[list[TokenSequence]]:
+    """Sequences grouped by similar length (little padding), each group's padded logits within
+    `max_logits`; a sequence longer than that is scored alone."""
+    out: list[list[TokenSequence]] = []
+    for sequence in sorted(sequences, key=lambda s: len(s.ids)):
+        batch = out[-1] if out else None
+        if batch and (len(batch) + 1) * len(sequence.ids) * vocab <= max_logits:
+            batch.append(sequence)
+        else:
+            out.append([sequence])
+    return out
+
+
+def padded(batch: list[TokenSequence], device: str) -> tuple[Any, Any, Any]:
+    """Right-padded ids and attention mask (batch, seq), and the generated-token predictors
+    (batch, seq - 1): a causal model's real positions never see the padding after them."""
+    import torch
+
+    width = max(len(s.ids) for s in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)  # (batch, seq)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)  # (batch, seq)
+    positions = torch.zeros((len(batch), width - 1), dtype=torch.bool)  # (batch, seq - 1)
+    for row, sequence in enumerate(batch):
+        n = len(sequence.ids)
+        ids[row, :n] = torch.tensor(sequence.ids)  # (n,)
+        attention[row, :n] = 1  # (n,)
+        positions[row, : n - 1] = torch.tensor(sequence.mask[1:], dtype=torch.bool)  # (n - 1,)
+    return ids.to(device), attention.to(device), positions.to(device)
 
 
 def score_kl(
-    base: Scorer, tuned: Scorer, sequences: list[TokenSequence], *, progress: bool = True
+    base: Scorer,
+    tuned: Scorer,
+    sequences: list[TokenSequence],
+    *,
+    progress: bool = True,
+    max_batch_logits: int = MAX_BATCH_LOGITS,
 ) -> KLResult:
     """Mean over generated tokens of KL(tuned(.|prefix) || base(.|prefix))."""
     import torch
 
     total, tokens = 0.0, 0
-    bar = tqdm(sequences, desc="KL(tuned||base)", unit="seq", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for sequence in bar:
-            ids = torch.tensor([sequence.ids], device=tuned.device)  # (1, seq)
-            positions = torch.tensor(sequence.mask[1:], dtype=torch.bool, device=tuned.device)
-            tuned_lp = tuned.logprobs(ids, positions)  # (generated, vocab)
-            base_lp = base.logprobs(ids.to(base.device), positions.to(base.device)).to(
-                tuned_lp.device
-            )  # (generated, vocab)
+    vocab = int(tuned.model.config.vocab_size)
+    bar = tqdm(
+        total=len(sequences), desc="KL(tuned||base)", unit="seq", disable=not progress, leave=False
+    )
+    with torch.inference_mode(), bar:
+        for batch in batches(sequences, vocab, max_batch_logits):
+            ids, attention, positions = padded(batch, tuned.device)
+            tuned_lp = tuned.logprobs(ids, attention, positions)  # (generated, vocab)
+            base_lp = base.logprobs(
+                ids.to(base.device), attention.to(base.device), positions.to(base.device)
+            ).to(tuned_lp.device)  # (generated, vocab)
             if base_lp.shape != tuned_lp.shape:
                 return KLResult(
                     unavailable=f"the models' vocabularies differ ({base_lp.shape[-1]} vs "
@@ -120,6 +168,7 @@ def score_kl(
             per_token = (tuned_lp.exp() * (tuned_lp - base_lp)).sum(dim=-1)  # (generated,)
             total += float(per_token.clamp(min=0.0).sum())
             tokens += int(per_token.numel())
+            bar.update(len(batch))
     return KLResult(
         value=total / max(tokens, 1), tokens=tokens, sequences=len(sequences), method=METHOD
     )

@@ -32,6 +32,7 @@ from rollout.errors import (
     RolloutConfigError,
 )
 from rollout.local_generation import batch_seed, seeded, stop_ids, turn_from_generation
+from rollout.lora_fold import AdapterFolding
 from rollout.policy import DEFAULT_DEVICE, SamplingParams, Turn, TurnRequest
 
 
@@ -53,7 +54,8 @@ class LocalPolicy:
 
     `model` names what requests without `model` get: the base name, or the adapter made active
     by `swap_adapter`/`set_active`. Adapter changes wait for the running batch (an asyncio lock)
-    and happen in place: the base weights are never reloaded.
+    and happen in place: the base weights are never reloaded. The adapter a batch plays is
+    folded into the (float32) weights while it plays (rollout.lora_fold), at the base's speed.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class LocalPolicy:
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
         self.generate_calls = 0  # one per batched `generate`: how well requests were batched
         self._adapters: dict[str, Path] = {}
+        self._folding = AdapterFolding(model)
         self._active = name
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -243,6 +246,7 @@ class LocalPolicy:
         # the first: true of the checkpoint, not a problem, and a page of noise per step.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        self._folding.unfold()  # PEFT would undo a fold by subtraction, not exactly
         try:
             with warnings.catch_warnings():  # PEFT warns on every adapter after the first
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -255,6 +259,7 @@ class LocalPolicy:
         self._adapters[name] = path
 
     def _unload(self, name: str) -> None:
+        self._folding.unfold()
         try:
             self.hf_model.delete_adapter(name)
         except Exception as exc:
@@ -268,10 +273,15 @@ class LocalPolicy:
         if not self._adapters:
             return
         if name == self.base_name:
+            self._folding.unfold()
             self.hf_model.disable_adapters()
-        else:
-            self.hf_model.enable_adapters()
-            self.hf_model.set_adapter(name)
+            return
+        if self._folding.folded == name:
+            return  # folded in and enabled by an earlier batch
+        self._folding.unfold()  # before set_adapter, which would unmerge by subtraction
+        self.hf_model.enable_adapters()
+        self.hf_model.set_adapter(name)
+        self._folding.fold(name)  # when it cannot be folded, it is routed as it is
 
     # ----------------------------------------------------------------- batching
 

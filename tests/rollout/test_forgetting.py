@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from rollout.forgetting import argument_problem, format_checks, format_stats, schemas_of
-from rollout.kl import SERVED, measure_kl
+from rollout.kl import (
+    MAX_BATCH_LOGITS,
+    SERVED,
+    _load_pair,
+    batches,
+    measure_kl,
+    score_kl,
+    sequences_of,
+)
 from rollout.policy_spec import LocalSpec, ServerSpec
 from rollout.trajectory import EpisodeMetrics, Trajectory, TrajectoryError, TurnTokens
 
@@ -151,6 +159,30 @@ def test_kl_is_zero_for_the_same_weights_and_positive_after_a_change(
         progress=False,
     )
     assert both.value is not None and both.value < 1e-6
+
+
+def test_kl_scored_in_padded_batches_equals_one_sequence_at_a_time(
+    tiny_policy_dir: Path, tiny_lora_adapter_dir: Path
+) -> None:
+    rng = random.Random(1)
+    played = tokens_played(6)
+    for i, trajectory in enumerate(played):  # one turn each, of different lengths: real padding
+        prompt = [rng.randrange(3, 100) for _ in range(4 + 3 * i)]
+        completion = [rng.randrange(3, 100) for _ in range(2 + i)]
+        trajectory.turns = [trajectory.turns[0].model_copy(update={
+            "prompt_ids": prompt, "completion_ids": completion, "logprobs": [0.0] * (2 + i)
+        })]  # fmt: skip
+    sequences = sequences_of(played)
+    assert len({len(s.ids) for s in sequences}) > 3
+    pair = _load_pair(LocalSpec(tiny_policy_dir), LocalSpec(tiny_policy_dir, tiny_lora_adapter_dir))
+    assert not isinstance(pair, str)
+    vocab = pair[1].model.config.vocab_size
+    assert len(batches(sequences, vocab, MAX_BATCH_LOGITS)) == 1
+    together = score_kl(*pair, sequences, progress=False)
+    alone = score_kl(*pair, sequences, progress=False, max_batch_logits=1)
+    assert together.tokens == alone.tokens == sum(sum(s.mask[1:]) for s in sequences)
+    assert together.value is not None and alone.value is not None and alone.value > 1e-3
+    assert together.value == pytest.approx(alone.value, rel=1e-4)
 
 
 def test_kl_of_served_policies_is_unavailable_with_the_reason() -> None:

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rollout.errors import PolicyRequestError, PolicyUnavailableError
 from rollout.local_generation import turn_from_generation
 from rollout.local_policy import LocalPolicy
+from rollout.lora_fold import lora_layers
 from rollout.policy import SamplingParams, Turn, TurnRequest
 from rollout.tiny_policy import build_tiny_policy
 from testkit import task_alive, wait_until_async
@@ -248,6 +249,51 @@ def test_adapter_swap_changes_outputs_in_place_and_base_restores(
     asyncio.run(policy.unload_adapter("v2"))
     assert policy.model == "tiny" and policy.adapters == []
     assert run_one(policy, ask(QUESTIONS[0])).completion_ids == base.completion_ids
+
+
+def base_weights(policy: LocalPolicy) -> dict[str, torch.Tensor]:
+    """The base model's weights by their names before PEFT wrapped any layer."""
+    return {
+        name.replace(".base_layer", ""): weight.detach().clone()
+        for name, weight in policy.hf_model.named_parameters()
+        if "lora_" not in name
+    }
+
+
+def test_a_folded_adapter_plays_what_peft_routes_and_the_base_comes_back_bit_exact(
+    policy: LocalPolicy, tiny_policy_dir: Path, tiny_lora_adapter_dir: Path
+) -> None:
+    from peft import PeftModel
+
+    pristine = base_weights(policy)
+    asyncio.run(policy.swap_adapter(tiny_lora_adapter_dir, "v1"))
+    tuned = run_one(policy, ask(QUESTIONS[1]))
+    folded = base_weights(policy)
+    changed = [k for k in pristine if not torch.equal(folded[k], pristine[k])]
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)  # the targets only
+    assert all(layer.merged for layer in lora_layers(policy.hf_model))
+
+    # the same adapter routed by PEFT (a separate, unfolded model) scores the same tokens alike
+    base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True)
+    routed = PeftModel.from_pretrained(base, str(tiny_lora_adapter_dir)).eval()
+    ids = torch.tensor([tuned.prompt_ids + tuned.completion_ids])  # (1, seq)
+    with torch.no_grad():
+        logits = routed(input_ids=ids).logits[0].float()  # (seq, vocab)
+    start = len(tuned.prompt_ids) - 1
+    steps = torch.log_softmax(logits[start : start + len(tuned.completion_ids)], dim=-1)
+    chosen = steps.gather(1, torch.tensor(tuned.completion_ids)[:, None])[:, 0]  # (completion,)
+    assert tuned.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
+
+    for round_ in range(3):  # tuned, base, a new adapter, ...: the base never drifts
+        assert run_one(policy, ask(QUESTIONS[1])).completion_ids == tuned.completion_ids
+        run_one(policy, ask(QUESTIONS[1], model="tiny"))
+        now = base_weights(policy)
+        assert all(torch.equal(now[k], pristine[k]) for k in pristine), round_
+        asyncio.run(policy.swap_adapter(tiny_lora_adapter_dir, f"w{round_}"))
+    run_one(policy, ask(QUESTIONS[1]))  # folds w2 in
+    asyncio.run(policy.unload_adapter("w2"))
+    now = base_weights(policy)
+    assert all(torch.equal(now[k], pristine[k]) for k in pristine)
 
 
 def test_swap_waits_for_the_batch_in_flight(
