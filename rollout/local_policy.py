@@ -276,12 +276,7 @@ class LocalPolicy:
             self._folding.unfold()
             self.hf_model.disable_adapters()
             return
-        if self._folding.folded == name:
-            return  # folded in and enabled by an earlier batch
-        self._folding.unfold()  # before set_adapter, which would unmerge by subtraction
-        self.hf_model.enable_adapters()
-        self.hf_model.set_adapter(name)
-        self._folding.fold(name)  # when it cannot be folded, it is routed as it is
+        self._folding.select(name)
 
     # ----------------------------------------------------------------- batching
 

@@ -28,46 +28,44 @@ def lora_layers(model: Any) -> list[Any]:
 
 
 class AdapterFolding:
-    """Which adapter's weights are folded into `model`'s base weights, and the base's copy."""
+    """Which adapter is folded into `model`'s base weights, and the base weights it replaced."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self.folded: str | None = None
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # id(layer) ->
+        self._merged: list[Any] = []  # the layers holding `folded`
 
-    def fold(self, name: str) -> bool:
-        """Fold adapter `name` in (unfolding any other first); False when it cannot be folded:
-        then nothing changed and the adapter must be routed the ordinary way."""
+    def select(self, name: str) -> None:
+        """Route the next forward passes through adapter `name`, folded in where it can be
+        (else through PEFT's own adapter path)."""
         if self.folded == name:
-            return True
-        self.unfold()
+            return  # folded in and enabled by an earlier call
+        self.unfold()  # before set_adapter, which would unmerge by subtraction
+        self.model.enable_adapters()
+        self.model.set_adapter(name)
         layers = [layer for layer in lora_layers(self.model) if name in layer.lora_A]
         if not layers or not all(_foldable(layer) for layer in layers):
-            return False
+            return
         for layer in layers:
             base = layer.get_base_layer()
             if id(layer) not in self._saved:
                 bias = base.bias.detach().clone() if base.bias is not None else None
                 self._saved[id(layer)] = (base.weight.detach().clone(), bias)
             layer.merge(adapter_names=[name])
-        self.folded = name
-        return True
+        self.folded, self._merged = name, layers
 
     def unfold(self) -> None:
         """Put the base weights back exactly as they were before any fold."""
-        if self.folded is None:
-            return
         with torch.no_grad():
-            for layer in lora_layers(self.model):
-                saved = self._saved.get(id(layer))
-                if saved is None or not layer.merged_adapters:
-                    continue
+            for layer in self._merged:
+                weight, bias = self._saved[id(layer)]
                 base = layer.get_base_layer()
-                base.weight.copy_(saved[0])
-                if saved[1] is not None:
-                    base.bias.copy_(saved[1])
+                base.weight.copy_(weight)
+                if bias is not None:
+                    base.bias.copy_(bias)
                 layer.merged_adapters.clear()
-        self.folded = None
+        self.folded, self._merged = None, []
 
 
 def _foldable(layer: Any) -> bool:
