@@ -56,6 +56,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     grade.add_argument("--reference", required=True)
     grade.add_argument("--answer", required=True)
     grade.add_argument("--tolerance-rel", type=float, default=None)
+    grade.add_argument(
+        "--require-unit",
+        action="store_true",
+        help="the answer must state the scale or %% the reference states ('842.5' against "
+        "'$842.5 million' is then wrong)",
+    )
     grade.set_defaults(func=cmd_grade)
 
 
@@ -103,7 +109,9 @@ def cmd_data_import_tatqa(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     from envs.graders import grade_command
 
-    text, code = grade_command(args.reference, args.answer, args.tolerance_rel)
+    text, code = grade_command(
+        args.reference, args.answer, args.tolerance_rel, require_unit=args.require_unit
+    )
     if code != 0:  # a bad tolerance or a reference without one figure: one line, exit 2
         raise GraderError(text.splitlines()[-1].removeprefix("error: "))
     print(text)

@@ -112,7 +112,8 @@ def write_env_file(path: Path, dataset: Path, tools_url: str, settings: DemoSett
         "tools_url": tools_url,
         "transport": "http",
         "token_env": "TOOL_BEARER",
-        "grader": {"type": "auto"},
+        # The prompt asks for the scale, so a figure without it is wrong (see compare.py).
+        "grader": {"type": "auto", "require_unit": True},
         "limits": {"max_tool_calls": settings.max_tool_calls, "max_turns": 3},
         "system_prompt": SYSTEM_PROMPT,
     }

@@ -19,8 +19,10 @@ STRING_HINTS = frozenset({"string", "spans"})
 class AutoGrader(SyncGrader):
     name = "auto"
 
-    def __init__(self, tolerance_rel: float = DEFAULT_TOLERANCE_REL) -> None:
-        self.numeric = NumericGrader(tolerance_rel)
+    def __init__(
+        self, tolerance_rel: float = DEFAULT_TOLERANCE_REL, require_unit: bool = False
+    ) -> None:
+        self.numeric = NumericGrader(tolerance_rel, require_unit)
         self.string = StringGrader()
 
     def choose(self, reference: Reference) -> SyncGrader:

@@ -30,9 +30,12 @@ def grade_command(
     answer: str,
     tolerance_rel: float | None = None,
     grader: str = "numeric",
+    require_unit: bool = False,
 ) -> tuple[str, int]:
     """Grade `answer` against `reference`; returns (text to print, exit status)."""
     spec: dict[str, Any] = {"type": grader}
+    if require_unit:
+        spec["require_unit"] = True  # refused by the string grader, as it should be
     try:
         if grader not in COMMAND_GRADERS:
             raise GraderConfigError(f"grader must be one of {', '.join(COMMAND_GRADERS)}")

@@ -2,7 +2,11 @@
 
 Units. The reference is the authority on units. Only the answer may leave its unit out: an
 answer figure without one is read both as written and in the reference's unit, and the
-better reading counts. A reference is always read as written.
+better reading counts. A reference is always read as written. With `unit_required`, an
+answer is read only as written, so a figure that leaves out the scale or percent sign the
+reference states is wrong (rule "unit_missing"); written out in full ("842,500,000") it is
+still right. Use it where the task asks for the unit: otherwise a policy trained against
+the grader learns that leaving the scale out never costs anything.
 - "842.5" against "$842.5 million" is 842.5 million (filings state "in millions" once), and
   "842,500,000" is the same figure written out. An explicit, different magnitude
   ("842.5 billion") or currency (€ against $) is wrong.
@@ -52,6 +56,7 @@ from envs.graders.numbers import Quantity
 
 TENTH_OF_A_POINT = Decimal("0.1")
 MORE_PRECISE = "more_precise_than_reference"  # the rule name: the answer rounds to the reference
+IN_REFERENCE_UNIT = "answer_in_reference_unit"  # a bare figure read in the reference's unit
 _HALF = Decimal("0.5")
 
 
@@ -95,20 +100,43 @@ class Comparison:
         return float(self.abs_error / abs(self.reference_value))
 
 
-def compare(answer: Quantity, reference: Quantity, tolerance: Tolerance) -> Comparison:
-    """The best reading of `answer` against `reference` (literal wins ties)."""
-    best: Comparison | None = None
-    for name, a, r, percent in _readings(answer, reference):
-        score, verdict, rule = judge(a, r, percent, tolerance)
-        if answer.currency and reference.currency and answer.currency != reference.currency:
-            score, verdict, rule = 0.0, Verdict.WRONG, "currency_mismatch"
-        if _money_against_count(answer, reference) or _money_against_count(reference, answer):
-            score, verdict, rule = 0.0, Verdict.WRONG, "unit_mismatch"
-        found = Comparison(score, verdict, rule, name, a.value, r.value, percent)
-        if best is None or found.score > best.score:
-            best = found
-    assert best is not None  # the literal reading always exists
+def compare(
+    answer: Quantity, reference: Quantity, tolerance: Tolerance, unit_required: bool = False
+) -> Comparison:
+    """The best reading of `answer` against `reference` (literal wins ties); with
+    `unit_required`, only the readings as written count (see the module doc)."""
+    found = [
+        _compare_reading(answer, reference, name, a, r, percent, tolerance)
+        for name, a, r, percent in _readings(answer, reference)
+    ]
+    lenient = max(found, key=_score)  # max keeps the first of equals: the literal reading
+    if not unit_required:
+        return lenient
+    best = max((c for c in found if not c.reading.endswith(IN_REFERENCE_UNIT)), key=_score)
+    if best.score == 0.0 < lenient.score:
+        return replace(best, rule="unit_missing")  # right only in the unit it left out
     return best
+
+
+def _score(c: Comparison) -> float:
+    return c.score
+
+
+def _compare_reading(
+    answer: Quantity,
+    reference: Quantity,
+    name: str,
+    a: Reading,
+    r: Reading,
+    percent: bool,
+    tolerance: Tolerance,
+) -> Comparison:
+    score, verdict, rule = judge(a, r, percent, tolerance)
+    if answer.currency and reference.currency and answer.currency != reference.currency:
+        score, verdict, rule = 0.0, Verdict.WRONG, "currency_mismatch"
+    if _money_against_count(answer, reference) or _money_against_count(reference, answer):
+        score, verdict, rule = 0.0, Verdict.WRONG, "unit_mismatch"
+    return Comparison(score, verdict, rule, name, a.value, r.value, percent)
 
 
 def judge(
@@ -147,7 +175,7 @@ def _readings(
         yield f"{tag}literal", _read(a, percent), _read(reference, percent), percent
         if _bare_against(a, reference):
             yield (
-                f"{tag}answer_in_reference_unit",
+                f"{tag}{IN_REFERENCE_UNIT}",
                 _read(_in_unit_of(a, reference), percent),
                 _read(reference, percent),
                 percent,

@@ -3,6 +3,7 @@
 Which figure is the answer: `envs.graders.extract`. How figures compare (units, percentages,
 rounding slips): `envs.graders.compare`. Tolerance: the row's `tolerance_rel` when it sets
 one (it then covers percentages too), else this grader's default (amounts only).
+`require_unit`: the answer must state the scale or percent sign the reference states.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def check_tolerance(value: float, what: str = "tolerance_rel") -> float:
 class NumericGrader(SyncGrader):
     name = "numeric"
 
-    def __init__(self, tolerance_rel: float = DEFAULT_TOLERANCE_REL) -> None:
+    def __init__(
+        self, tolerance_rel: float = DEFAULT_TOLERANCE_REL, require_unit: bool = False
+    ) -> None:
         self.tolerance_rel = check_tolerance(tolerance_rel)
+        self.require_unit = require_unit
 
     def tolerance_for(self, reference: Reference) -> Tolerance:
         if reference.tolerance_rel is not None:
@@ -51,11 +55,11 @@ class NumericGrader(SyncGrader):
         tolerance = self.tolerance_for(reference)
         keep_years = expected.kind is Kind.YEAR
         pick = pick_answer(answer, tolerance, keep_years, want_percent=expected.percent)
-        details = _base_details(expected, tolerance, pick)
+        details = _base_details(expected, tolerance, pick) | {"unit_required": self.require_unit}
         if pick.quantity is None:
             verdict = Verdict.AMBIGUOUS if pick.ambiguous else Verdict.NO_ANSWER
             return GradeResult(score=0.0, verdict=verdict, details=details)
-        found = compare(pick.quantity, expected, tolerance)
+        found = compare(pick.quantity, expected, tolerance, self.require_unit)
         details |= _comparison_details(pick.quantity, found)
         return GradeResult(score=found.score, verdict=found.verdict, details=details)
 

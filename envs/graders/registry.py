@@ -1,9 +1,9 @@
 """Graders from config: `make_grader({"type": "numeric", "tolerance_rel": 0.02})`.
 
 Built-in types:
-    {"type": "numeric", "tolerance_rel": 0.02}
+    {"type": "numeric", "tolerance_rel": 0.02, "require_unit": false}
     {"type": "string"}
-    {"type": "auto", "tolerance_rel": 0.02}            numeric or string per row
+    {"type": "auto", "tolerance_rel": 0.02, "require_unit": false}   numeric or string per row
     {"type": "judge", "base_url": "http://127.0.0.1:8000/v1", "model": "...",
      "api_key_env": "JUDGE_API_KEY", "timeout_s": 60, "max_retries": 2}
     {"type": "composite", "parts": [{"grader": {...}, "weight": 0.7}, ...],
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, ValidationError
 
 from envs.graders.auto import AutoGrader
 from envs.graders.base import Grader
@@ -54,6 +54,9 @@ class _Spec(BaseModel):
 class NumericSpec(_Spec):
     type: Literal["numeric", "auto"]
     tolerance_rel: Number = Field(default=DEFAULT_TOLERANCE_REL, ge=0.0, lt=1.0)
+    # The answer must state the scale or % the reference states ("842.5" against "$842.5
+    # million" is then wrong); off, a bare figure is also read in the reference's unit.
+    require_unit: StrictBool = False
 
 
 class StringSpec(_Spec):
@@ -76,11 +79,13 @@ class CompositeSpec(_Spec):
 
 
 def _numeric(spec: dict[str, Any], ctx: BuildContext) -> Grader:
-    return NumericGrader(_validate(NumericSpec, spec).tolerance_rel)
+    parsed = _validate(NumericSpec, spec)
+    return NumericGrader(parsed.tolerance_rel, parsed.require_unit)
 
 
 def _auto(spec: dict[str, Any], ctx: BuildContext) -> Grader:
-    return AutoGrader(_validate(NumericSpec, spec).tolerance_rel)
+    parsed = _validate(NumericSpec, spec)
+    return AutoGrader(parsed.tolerance_rel, parsed.require_unit)
 
 
 def _string(spec: dict[str, Any], ctx: BuildContext) -> Grader:

@@ -156,3 +156,33 @@ def test_the_demo_env_presents_the_token_it_was_registered_with(
     finally:
         env.close()
     assert "documents under" in str(observation[0]["content"])
+
+
+@pytest.mark.usefixtures("forget_new_envs")
+def test_the_demo_env_wants_the_scale_its_prompt_asks_for(
+    corpus_dir: Path, http_server: LiveServer, tmp_path: Path
+) -> None:
+    """The system prompt asks for 'Answer: $1,234.5 million': the same figure without its
+    scale word earns nothing there, though the default grader would read it in millions."""
+    build_dataset(corpus_dir, tmp_path, seed=0, counts={"lookup": 40})
+    rows = tmp_path / "demo.jsonl"
+    _select(tmp_path / "train.jsonl", rows)
+    row = next(r for r in load_rows(rows) if str(r.reference_answer).endswith(" million"))
+    reference = str(row.reference_answer)
+    env_file = tmp_path / "env.yaml"
+    write_env_file(env_file, rows, http_server.url, DemoSettings())
+    register_yaml(env_file, token=TOKENS[0])
+    rewards = {}
+    for answer in (reference, reference.removesuffix(" million")):
+        env = gym.make(ENV_ID)
+        try:
+            env.reset(seed=0, options={"row_id": row.id})
+            _, reward, terminated, _, info = env.step(
+                {"role": "assistant", "content": f"Answer: {answer}"}
+            )
+        finally:
+            env.close()
+        assert terminated
+        rewards[answer] = (reward, info["grade"]["details"].get("rule"))
+    # Half for the right figure: the row wants a tool call and none was made.
+    assert list(rewards.values()) == [(0.5, "equal"), (0.0, "unit_missing")], rewards
