@@ -10,7 +10,9 @@ Folding uses PEFT's own merge (so every LoRA variant PEFT can merge is handled i
 it copies back the base weights saved at the first fold instead of PEFT's subtraction, so the base
 is restored bit for bit however many adapters come and go. Only float32 weights are folded: added
 into bf16 or fp16 weights, a small adapter delta is largely rounded away, so those models keep the
-unfolded route (as does anything PEFT cannot merge).
+unfolded route (as does anything PEFT cannot merge). A weight that another module shares (an
+`lm_head` tied to the input embeddings) is never folded: the adapter would leak into the
+embeddings. Its layer stays routed while the rest fold (PEFT decides per layer).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ class AdapterFolding:
         self.model.enable_adapters()
         self.model.set_adapter(name)
         layers = [layer for layer in lora_layers(self.model) if name in layer.lora_A]
-        if not layers or not all(_foldable(layer) for layer in layers):
+        if not layers or not all(_float32(layer) for layer in layers):
             return
+        shared = _shared_storage(self.model)
+        layers = [layer for layer in layers if _weight_ptr(layer) not in shared]
         for layer in layers:
             base = layer.get_base_layer()
             if id(layer) not in self._saved:
@@ -68,7 +72,18 @@ class AdapterFolding:
         self.folded, self._merged = None, []
 
 
-def _foldable(layer: Any) -> bool:
-    base = layer.get_base_layer()
-    weight = getattr(base, "weight", None)
+def _float32(layer: Any) -> bool:
+    weight = getattr(layer.get_base_layer(), "weight", None)
     return isinstance(weight, torch.Tensor) and weight.dtype == torch.float32
+
+
+def _weight_ptr(layer: Any) -> int:
+    return int(layer.get_base_layer().weight.data_ptr())
+
+
+def _shared_storage(model: Any) -> set[int]:
+    """Data pointers held by more than one parameter name: tied weights."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[param.data_ptr()] = seen.get(param.data_ptr(), 0) + 1
+    return {ptr for ptr, count in seen.items() if count > 1}

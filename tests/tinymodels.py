@@ -46,20 +46,28 @@ def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora_adapter_dir(tiny_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter with random, non-zero lora_B, so its outputs differ from the base."""
+    return save_random_adapter(tiny_policy_dir, tmp_path_factory.mktemp("tiny_lora"))
+
+
+def save_random_adapter(
+    policy_dir: Path, out: Path, targets: tuple[str, ...] = ("q_proj", "v_proj")
+) -> Path:
+    """A LoRA adapter on `targets` of the model in `policy_dir`, its weights random (seed 1)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True)
-    with warnings.catch_warnings():  # transformers' own deprecation inside PEFT
-        warnings.simplefilter("ignore", FutureWarning)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, local_files_only=True)
+    with warnings.catch_warnings():  # transformers' own deprecation inside PEFT; tied lm_head
+        warnings.simplefilter("ignore")
         peft_model = get_peft_model(
-            model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+            model, LoraConfig(r=8, lora_alpha=16, target_modules=list(targets))
         )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    out = tmp_path_factory.mktemp("tiny_lora")
-    peft_model.save_pretrained(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model.save_pretrained(str(out))
     return out

@@ -18,10 +18,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rollout.errors import PolicyRequestError, PolicyUnavailableError
 from rollout.local_generation import turn_from_generation
 from rollout.local_policy import LocalPolicy
-from rollout.lora_fold import lora_layers
+from rollout.lora_fold import AdapterFolding, lora_layers
 from rollout.policy import SamplingParams, Turn, TurnRequest
 from rollout.tiny_policy import build_tiny_policy
 from testkit import task_alive, wait_until_async
+from tinymodels import save_random_adapter
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -294,6 +295,58 @@ def test_a_folded_adapter_plays_what_peft_routes_and_the_base_comes_back_bit_exa
     asyncio.run(policy.unload_adapter("w2"))
     now = base_weights(policy)
     assert all(torch.equal(now[k], pristine[k]) for k in pristine)
+
+
+def test_an_adapter_on_lm_head_plays_what_peft_routes_and_leaves_the_embeddings_alone(
+    policy: LocalPolicy, tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    """The tiny policy ties lm_head to the input embeddings: an adapter on lm_head must change
+    what the model writes, never the tokens it reads."""
+    from peft import PeftModel
+
+    adapter = save_random_adapter(tiny_policy_dir, tmp_path / "head", ("q_proj", "lm_head"))
+    pristine = base_weights(policy)
+    embeddings = policy.hf_model.get_input_embeddings().weight.detach().clone()
+    asyncio.run(policy.swap_adapter(adapter, "h1"))
+    tuned = run_one(policy, ask(QUESTIONS[1]))
+    assert torch.equal(policy.hf_model.get_input_embeddings().weight, embeddings)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True)
+    routed = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ids = torch.tensor([tuned.prompt_ids + tuned.completion_ids])  # (1, seq)
+    with torch.no_grad():
+        logits = routed(input_ids=ids).logits[0].float()  # (seq, vocab)
+    start = len(tuned.prompt_ids) - 1
+    steps = torch.log_softmax(logits[start : start + len(tuned.completion_ids)], dim=-1)
+    chosen = steps.gather(1, torch.tensor(tuned.completion_ids)[:, None])[:, 0]  # (completion,)
+    assert tuned.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
+    asyncio.run(policy.unload_adapter("h1"))
+    now = base_weights(policy)
+    assert all(torch.equal(now[k], pristine[k]) for k in pristine)
+
+
+def test_a_layer_whose_weight_is_tied_stays_routed_while_the_rest_fold(
+    tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    """transformers' load_adapter gives the wrapped lm_head a copy of the tied weight today; a
+    loader that kept the tie would have the fold write into the embeddings. A shared weight
+    stays routed, q_proj folds, and the outputs are the routed ones."""
+    adapter = save_random_adapter(tiny_policy_dir, tmp_path / "head", ("q_proj", "lm_head"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True).eval()
+    model.load_adapter(str(adapter), adapter_name="h1")
+    model.lm_head.base_layer.weight = model.model.embed_tokens.weight  # tied again
+    ids = torch.arange(1, 40)[None]  # (1, 39)
+    with torch.no_grad():
+        routed = model(input_ids=ids).logits  # (1, 39, vocab)
+    before = model.model.embed_tokens.weight.detach().clone()
+    AdapterFolding(model).select("h1")
+    merged = {name.rsplit(".", 1)[-1]: layer.merged for name, layer in model.named_modules()
+              if layer in lora_layers(model)}  # fmt: skip
+    assert merged == {"q_proj": True, "lm_head": False}
+    assert torch.equal(model.model.embed_tokens.weight, before)
+    with torch.no_grad():
+        folded = model(input_ids=ids).logits  # (1, 39, vocab)
+    assert torch.allclose(folded, routed, atol=1e-4)
 
 
 def test_swap_waits_for_the_batch_in_flight(
