@@ -32,7 +32,7 @@ from rollout.errors import (
     RolloutConfigError,
 )
 from rollout.local_generation import batch_seed, seeded, stop_ids, turn_from_generation
-from rollout.lora_fold import AdapterFolding
+from rollout.lora_fold import TIED_HEAD_WARNING, AdapterFolding
 from rollout.policy import DEFAULT_DEVICE, SamplingParams, Turn, TurnRequest
 
 
@@ -251,6 +251,7 @@ class LocalPolicy:
             with warnings.catch_warnings():  # PEFT warns on every adapter after the first
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing`")
+                warnings.filterwarnings("ignore", message=TIED_HEAD_WARNING)
                 self.hf_model.load_adapter(str(path), adapter_name=name)
         except Exception as exc:
             raise AdapterError(f"cannot load the adapter {name!r} from {path}: {exc}") from exc

@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 
+# PEFT's warning for a LoRA on an lm_head tied to the embeddings. Such an adapter changes what
+# the model writes and not what it reads, as intended; the "complications" it warns of are in
+# merging, and AdapterFolding never folds into a shared weight.
+TIED_HEAD_WARNING = r"Model has `tie_word_embeddings=True` and a tied layer is part of the adapter"
+
 
 def lora_layers(model: Any) -> list[Any]:
     """The model's LoRA-wrapped layers (none until an adapter is loaded)."""

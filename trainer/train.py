@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from envs.episode import Limits, parse_limits
 from rollout.environments import EnvPool
+from rollout.lora_fold import TIED_HEAD_WARNING
 from rollout.policy import Policy
 from rollout.policy_spec import LocalSpec, PolicySpec, ServerSpec, open_policy
 from trainer.config import TrainConfig
@@ -73,17 +75,19 @@ def load_trainable(
     base: Any = AutoModelForCausalLM.from_pretrained(config.base_model)
     if not sharded:  # fsdp moves each shard to the device as it makes it: no whole replica
         base = base.to(config.policy.device)
-    if adapter is not None:
-        model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
-        return checkpointed(model, config), tokenizer
-    lora = LoraConfig(
-        r=config.lora.rank,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return checkpointed(get_peft_model(base, lora), config), tokenizer
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TIED_HEAD_WARNING)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(base, adapter, is_trainable=True)
+            return checkpointed(model, config), tokenizer
+        lora = LoraConfig(
+            r=config.lora.rank,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return checkpointed(get_peft_model(base, lora), config), tokenizer
 
 
 def checkpointed(model: Any, config: TrainConfig) -> Any:
