@@ -2,7 +2,7 @@
 
 Units. The reference is the authority on units. Only the answer may leave its unit out: an
 answer figure without one is read both as written and in the reference's unit, and the
-better reading counts. A reference is always read as written. With `unit_required`, an
+better reading counts. A reference is always read as written. With `require_unit`, an
 answer is read only as written, so a figure that leaves out the scale or percent sign the
 reference states is wrong (rule "unit_missing"); written out in full ("842,500,000") it is
 still right. Use it where the task asks for the unit: otherwise a policy trained against
@@ -101,16 +101,16 @@ class Comparison:
 
 
 def compare(
-    answer: Quantity, reference: Quantity, tolerance: Tolerance, unit_required: bool = False
+    answer: Quantity, reference: Quantity, tolerance: Tolerance, require_unit: bool = False
 ) -> Comparison:
     """The best reading of `answer` against `reference` (literal wins ties); with
-    `unit_required`, only the readings as written count (see the module doc)."""
+    `require_unit`, only the readings as written count (see the module doc)."""
     found = [
         _compare_reading(answer, reference, name, a, r, percent, tolerance)
         for name, a, r, percent in _readings(answer, reference)
     ]
     lenient = max(found, key=_score)  # max keeps the first of equals: the literal reading
-    if not unit_required:
+    if not require_unit:
         return lenient
     best = max((c for c in found if not c.reading.endswith(IN_REFERENCE_UNIT)), key=_score)
     if best.score == 0.0 < lenient.score:
