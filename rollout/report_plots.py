@@ -71,7 +71,7 @@ def _slice_title(key: str, shown: list[SliceStats], comparison: Comparison) -> s
     spread = comparison.slice_spread[key]
     rows = comparison.min_slice_rows
     said = "fewer than 2" if spread is None else f"spread {spread:.2f} over"
-    title = f"{key} ({said} slices of ≥ {rows} rows)"
+    title = f"{key} ({said} slices of ≥ {rows} rows; the worst in bold)"
     total = len(comparison.slices[key])
     return title if len(shown) == total else f"{title}: {len(shown)} of {total} values shown"
 
@@ -82,9 +82,14 @@ def _slice_panel(ax: Axes, key: str, stats: list[SliceStats], comparison: Compar
     ax.bar(x + 0.2, [s.tuned_reward for s in stats], 0.4, label="tuned", color="#2f4f8f")
     worst = worst_slice(comparison.slices[key], comparison.min_slice_rows)
     for i, s in enumerate(stats):
-        colour = COLOURS["regressed"] if s is worst else "black"
+        # Red says "got worse"; the worst slice is in bold, red only if it did get worse.
+        colour = COLOURS["regressed"] if s.reward_delta < 0 else "black"
+        weight = "bold" if s is worst else "normal"
         top = max(s.base_reward, s.tuned_reward)
-        ax.annotate(f"{s.reward_delta:+.2f}", (i, top), ha="center", va="bottom", color=colour)
+        ax.annotate(
+            f"{s.reward_delta:+.2f}", (i, top), ha="center", va="bottom", color=colour,
+            fontweight=weight,
+        )  # fmt: skip
     crowded = len(stats) > 6  # long values (company names) overlap unless turned
     labels = [f"{_short(s.value)}{' ' if crowded else chr(10)}(n={s.n})" for s in stats]
     ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center")

@@ -363,3 +363,42 @@ def test_headless_chromium_renders_the_report(report: ReportFiles, tmp_path: Pat
     )
     assert shot.read_bytes().startswith(PNG_MAGIC)
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(
+    ("deltas", "marks"),
+    [
+        # every slice improved: the worst (+0.20) in bold, none in red
+        (
+            (0.3, 0.2, 0.25),
+            [("+0.30", False, False), ("+0.20", False, True), ("+0.25", False, False)],
+        ),
+        # one got worse: it is the worst, red and bold; a smaller gain stays black
+        (
+            (0.3, -0.1, 0.05),
+            [("+0.30", False, False), ("-0.10", True, True), ("+0.05", False, False)],
+        ),
+    ],
+)
+def test_slice_bars_put_the_worst_in_bold_and_only_losses_in_red(
+    comparison: Comparison, deltas: tuple[float, ...], marks: list[tuple[str, bool, bool]]
+) -> None:
+    from matplotlib.figure import Figure
+
+    from rollout.compare import SliceStats
+    from rollout.report_plots import COLOURS, _slice_panel
+
+    stats = [
+        SliceStats(key="period", value=f"Q{i}", n=6, base_reward=0.4, tuned_reward=0.4 + d,
+                   reward_delta=d, improved=0, regressed=0)
+        for i, d in enumerate(deltas)
+    ]  # fmt: skip
+    slicing = comparison.model_copy(update={"slices": {"period": stats}, "slice_spread": {}})
+    slicing.slice_spread["period"] = max(deltas) - min(deltas)
+    ax = Figure().add_subplot()
+    _slice_panel(ax, "period", stats, slicing)
+    found = [
+        (t.get_text(), t.get_color() == COLOURS["regressed"], t.get_fontweight() == "bold")
+        for t in ax.texts
+    ]
+    assert found == marks
