@@ -315,7 +315,10 @@ BAD_INPUTS = [
         "envs list --yaml {d}/env-grader.yaml",
         "grader: unknown grader type 'nope'; known types: ",
     ),
-    ("envs list --yaml {d}/env-option.yaml", "unknown option 'tol' (options: tolerance_rel)"),
+    (
+        "envs list --yaml {d}/env-option.yaml",
+        "unknown option 'tol' (options: tolerance_rel, require_unit)",
+    ),
     ("envs list --yaml {d}/env-number.yaml", "tolerance_rel: Input should be a valid number"),
     ("envs list --yaml {d}/env-bool.yaml", "tolerance_rel: Input should be a valid number"),
     ("envs list --yaml {d}/env-part.yaml", "composite part 0: unknown grader type 'nope'"),
