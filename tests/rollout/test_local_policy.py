@@ -261,10 +261,25 @@ def base_weights(policy: LocalPolicy) -> dict[str, torch.Tensor]:
     }
 
 
+def routed_logprobs(policy_dir: Path, adapter: Path, turn: Turn) -> list[float]:
+    """The logprobs of `turn`'s completion under `adapter` routed by PEFT in a separate,
+    unfolded model: what a folded LocalPolicy must reproduce."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(policy_dir, local_files_only=True)
+    routed = PeftModel.from_pretrained(base, str(adapter)).eval()
+    ids = torch.tensor([turn.prompt_ids + turn.completion_ids])  # (1, seq)
+    with torch.no_grad():
+        logits = routed(input_ids=ids).logits[0].float()  # (seq, vocab)
+    start = len(turn.prompt_ids) - 1
+    steps = torch.log_softmax(logits[start : start + len(turn.completion_ids)], dim=-1)
+    chosen = steps.gather(1, torch.tensor(turn.completion_ids)[:, None])[:, 0]  # (completion,)
+    return [float(x) for x in chosen]
+
+
 def test_a_folded_adapter_plays_what_peft_routes_and_the_base_comes_back_bit_exact(
     policy: LocalPolicy, tiny_policy_dir: Path, tiny_lora_adapter_dir: Path
 ) -> None:
-    from peft import PeftModel
 
     pristine = base_weights(policy)
     asyncio.run(policy.swap_adapter(tiny_lora_adapter_dir, "v1"))
@@ -275,15 +290,8 @@ def test_a_folded_adapter_plays_what_peft_routes_and_the_base_comes_back_bit_exa
     assert all(layer.merged for layer in lora_layers(policy.hf_model))
 
     # the same adapter routed by PEFT (a separate, unfolded model) scores the same tokens alike
-    base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True)
-    routed = PeftModel.from_pretrained(base, str(tiny_lora_adapter_dir)).eval()
-    ids = torch.tensor([tuned.prompt_ids + tuned.completion_ids])  # (1, seq)
-    with torch.no_grad():
-        logits = routed(input_ids=ids).logits[0].float()  # (seq, vocab)
-    start = len(tuned.prompt_ids) - 1
-    steps = torch.log_softmax(logits[start : start + len(tuned.completion_ids)], dim=-1)
-    chosen = steps.gather(1, torch.tensor(tuned.completion_ids)[:, None])[:, 0]  # (completion,)
-    assert tuned.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
+    routed = routed_logprobs(tiny_policy_dir, tiny_lora_adapter_dir, tuned)
+    assert tuned.logprobs == pytest.approx(routed, abs=1e-4)
 
     for round_ in range(3):  # tuned, base, a new adapter, ...: the base never drifts
         assert run_one(policy, ask(QUESTIONS[1])).completion_ids == tuned.completion_ids
@@ -302,7 +310,6 @@ def test_an_adapter_on_lm_head_plays_what_peft_routes_and_leaves_the_embeddings_
 ) -> None:
     """The tiny policy ties lm_head to the input embeddings: an adapter on lm_head must change
     what the model writes, never the tokens it reads."""
-    from peft import PeftModel
 
     adapter = save_random_adapter(tiny_policy_dir, tmp_path / "head", ("q_proj", "lm_head"))
     pristine = base_weights(policy)
@@ -311,15 +318,8 @@ def test_an_adapter_on_lm_head_plays_what_peft_routes_and_leaves_the_embeddings_
     tuned = run_one(policy, ask(QUESTIONS[1]))
     assert torch.equal(policy.hf_model.get_input_embeddings().weight, embeddings)
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_policy_dir, local_files_only=True)
-    routed = PeftModel.from_pretrained(base, str(adapter)).eval()
-    ids = torch.tensor([tuned.prompt_ids + tuned.completion_ids])  # (1, seq)
-    with torch.no_grad():
-        logits = routed(input_ids=ids).logits[0].float()  # (seq, vocab)
-    start = len(tuned.prompt_ids) - 1
-    steps = torch.log_softmax(logits[start : start + len(tuned.completion_ids)], dim=-1)
-    chosen = steps.gather(1, torch.tensor(tuned.completion_ids)[:, None])[:, 0]  # (completion,)
-    assert tuned.logprobs == pytest.approx(chosen.tolist(), abs=1e-4)
+    routed = routed_logprobs(tiny_policy_dir, adapter, tuned)
+    assert tuned.logprobs == pytest.approx(routed, abs=1e-4)
     asyncio.run(policy.unload_adapter("h1"))
     now = base_weights(policy)
     assert all(torch.equal(now[k], pristine[k]) for k in pristine)
